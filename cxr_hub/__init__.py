@@ -20,6 +20,7 @@ from .models import (
     image_processor_for,
     register_auto_classes,
 )
+from .pipeline import CXRPipeline, PipelineResult, PreparedImage
 from .preprocessing import (
     gamma_correct,
     histogram_equalize,
@@ -41,10 +42,13 @@ __all__ = [
     "SUPPORTED_EXTENSIONS",
     "CXRImageProcessor",
     "CXRInputError",
+    "CXRPipeline",
     "FCDenseNetConfig",
     "FCDenseNetForSemanticSegmentation",
     "PatchClassifierConfig",
     "PatchClassifierForImageClassification",
+    "PipelineResult",
+    "PreparedImage",
     "UNetConfig",
     "UNetForSemanticSegmentation",
     "__version__",

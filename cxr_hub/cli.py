@@ -13,11 +13,12 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     """Builds the top-level parser with every subcommand."""
-    from . import commands, hub
+    from . import commands, evaluation, hub
 
     parser = argparse.ArgumentParser(prog="python -m cxr_hub", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser(sub)
+    evaluation.add_parser(sub)
     hub.add_parser(sub)
     return parser
 
@@ -30,7 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except CXRInputError as exc:
+    except (CXRInputError, FileNotFoundError) as exc:
+        # expected user errors get one line, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

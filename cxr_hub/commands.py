@@ -1,17 +1,31 @@
-"""Image commands of the CLI: ``preprocess`` (the paper's section II-A on one image)."""
+"""Image commands of the CLI: ``preprocess`` (the paper's section II-A on one image) and ``predict`` (the pipeline)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from .io import load_image
-from .preprocessing import preprocess_cxr, resize_image
+from .preprocessing import map_boxes, preprocess_cxr, resize_image, resize_label_map
+
+if TYPE_CHECKING:
+    from .pipeline import PipelineResult
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SEGMENTATION = REPO_ROOT / "models" / "cxr-lung-seg-fcdensenet103"
+DEFAULT_CLASSIFIER = REPO_ROOT / "models" / "cxr-patch-resnet18"
+#: Overlay PNGs are drawn at most this many pixels on the longer side (the JSON keeps original-pixel boxes).
+OVERLAY_MAX_SIDE = 1024
+# label → RGB for the segmentation overlay: heart red, left lung green, right lung blue
+_LABEL_COLOURS = {1: (230, 60, 60), 2: (60, 200, 90), 3: (70, 130, 240)}
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
@@ -51,6 +65,126 @@ def run_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_folder(value: str | None, default: Path, flag: str, what: str) -> Path | str:
+    """The model folder for ``flag``, or an error message (str) when it is missing."""
+    folder = Path(value) if value is not None else default
+    if (folder / "config.json").is_file():
+        return folder
+    if value is None:
+        return (
+            f"no {what} model given and the default folder {default} does not exist: cxr-hub ships no trained models "
+            f"yet. Train one (see training/) or pass {flag} DIR, a folder written by save_pretrained "
+            "(config.json + model.safetensors). Untrained (random) weights are never used silently."
+        )
+    return f"{flag} {value}: not a model folder (no config.json there). Pass a folder written by save_pretrained."
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "class"
+
+
+def _display_scale(shape: tuple[int, int]) -> tuple[int, int]:
+    h, w = shape
+    f = min(1.0, OVERLAY_MAX_SIDE / max(h, w))
+    return max(1, round(h * f)), max(1, round(w * f))
+
+
+def _gray_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    g = _to_uint8(resize_image(image, size)).astype(np.float32)
+    return np.repeat(g[..., None], 3, axis=2)
+
+
+def segmentation_overlay(result: PipelineResult, image: np.ndarray) -> Image.Image:
+    """Gray image with the label map tinted (heart red, left lung green, right lung blue) and the patch boxes."""
+    size = _display_scale(result.image_size)
+    rgb = _gray_rgb(image, size)
+    labels = resize_label_map(result.label_map, size)
+    for label, colour in _LABEL_COLOURS.items():
+        sel = labels == label
+        rgb[sel] = 0.6 * rgb[sel] + 0.4 * np.array(colour, dtype=np.float32)
+    canvas = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    boxes = map_boxes(result.patch_boxes, result.image_size, size)
+    for x0, y0, x1, y1 in boxes:
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 220, 0), width=1)
+    return canvas
+
+
+def heat_overlay(saliency: np.ndarray, image: np.ndarray) -> Image.Image:
+    """Gray image with a jet heat map blended in, opacity and colour scaled to the map's maximum."""
+    from matplotlib import colormaps  # colormaps only: no pyplot, so no GUI backend is ever touched
+
+    size = _display_scale(saliency.shape)
+    rgb = _gray_rgb(image, size)
+    heat = resize_image(saliency, size)
+    peak = float(heat.max())
+    scaled = heat / peak if peak > 0 else np.zeros_like(heat)
+    colours = colormaps["jet"](scaled)[..., :3].astype(np.float32) * 255.0
+    alpha = (0.6 * scaled)[..., None]  # weak saliency fades into the image instead of a flat blue box
+    return Image.fromarray(np.clip((1 - alpha) * rgb + alpha * colours, 0, 255).astype(np.uint8))
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Runs the pipeline on one image; writes result.json and overlay PNGs. Returns the exit code."""
+    folders = {
+        "segmentation": _model_folder(args.segmentation, DEFAULT_SEGMENTATION, "--segmentation", "segmentation"),
+        "classifier": _model_folder(args.classifier, DEFAULT_CLASSIFIER, "--classifier", "patch classifier"),
+    }
+    if args.global_classifier is not None:
+        folders["global"] = _model_folder(args.global_classifier, Path(), "--global-classifier", "global")
+    problems = [v for v in folders.values() if isinstance(v, str)]
+    if problems:
+        for msg in problems:
+            print(f"error: {msg}", file=sys.stderr)
+        return 2
+    from .pipeline import CXRPipeline
+
+    try:
+        pipe = CXRPipeline.from_pretrained(
+            folders["segmentation"],
+            folders["classifier"],
+            folders.get("global"),
+            device=args.device,
+            precision=args.precision,
+            chunk_size=args.chunk_size,
+        )
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"error: could not build the pipeline: {exc}", file=sys.stderr)
+        return 2
+    prepared = pipe.prepare(args.image)
+    try:
+        result = pipe.analyze(
+            prepared, k=args.k, patch_size=args.patch_size, seed=args.seed, saliency_classes=args.saliency_classes
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"segmentation": "segmentation.png"}
+    segmentation_overlay(result, prepared.image).save(out / files["segmentation"])
+    for name, sal in result.saliency.items():
+        files[f"saliency/{name}"] = f"saliency_{_safe_name(name)}.png"
+        heat_overlay(sal, prepared.image).save(out / files[f"saliency/{name}"])
+    for name, sal in (result.global_saliency or {}).items():
+        files[f"global_saliency/{name}"] = f"global_saliency_{_safe_name(name)}.png"
+        heat_overlay(sal, prepared.image).save(out / files[f"global_saliency/{name}"])
+    summary = result.to_dict()
+    # model folders and output names only: never the input path (file names can carry patient names) or DICOM tags
+    summary["models"] = {k: str(v) for k, v in folders.items()}
+    summary["files"] = files
+    (out / "result.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    ctr = result.biomarkers.cardiothoracic_ratio
+    print(f"label: {result.label}  votes: {result.votes}  (k={result.k}, patch {result.patch_size}, seed {args.seed})")
+    if result.global_label is not None:
+        print(f"global classifier: {result.global_label}")
+    print("cardiothoracic ratio: n/a (no heart segmented)" if math.isnan(ctr) else f"cardiothoracic ratio: {ctr:.3f}")
+    for w in result.warnings:
+        print(f"warning: {w}")
+    print(f"wrote {out / 'result.json'} and {len(files)} PNG(s) in {result.timings['total'] / 1e3:.1f} s")
+    return 0
+
+
 def add_parser(subparsers: Any) -> None:
     """Registers the image commands on the top-level CLI."""
     p = subparsers.add_parser(
@@ -65,3 +199,40 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--no-equalize", action="store_true", help="skip histogram equalisation (min-max instead)")
     p.add_argument("--size", type=int, default=256, help="segmentation input side (default: %(default)s)")
     p.set_defaults(func=run_preprocess)
+
+    p = subparsers.add_parser(
+        "predict",
+        help="classify one chest X-ray with the patch pipeline and write result.json + overlay PNGs",
+        description="Segments IMAGE, classifies K random lung patches with majority voting, computes the "
+        "probabilistic Grad-CAM (Oh, Park, Ye 2020, eq. 5) and the biomarkers, and writes result.json plus overlay "
+        "PNGs. Research use only, not a medical device.",
+    )
+    p.add_argument("image", help="path to a chest X-ray (PNG, JPEG, BMP, TIFF or DICOM)")
+    p.add_argument(
+        "--segmentation",
+        default=None,
+        help="segmentation model folder (default: models/cxr-lung-seg-fcdensenet103 in the repository, if it exists)",
+    )
+    p.add_argument(
+        "--classifier",
+        default=None,
+        help="patch classifier model folder (default: models/cxr-patch-resnet18 in the repository, if it exists)",
+    )
+    p.add_argument("--global-classifier", default=None, help="optional global (whole-image) classifier folder")
+    p.add_argument("--k", type=int, default=None, help="number of patches (default: the classifier's, paper: 100)")
+    p.add_argument(
+        "--patch-size", type=int, default=None, help="patch side in the 1024 frame (default: the classifier's, 224)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="patch sampling seed (default: %(default)s)")
+    p.add_argument(
+        "--saliency-classes",
+        default=None,
+        help="'all' or comma-separated class names (default: the predicted class)",
+    )
+    p.add_argument("--out", default="outputs/predict", help="output folder (default: %(default)s)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available, else cpu")
+    p.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16"), default="auto", help="classifier precision (default: auto)"
+    )
+    p.add_argument("--chunk-size", type=int, default=32, help="patches per forward pass (default: %(default)s)")
+    p.set_defaults(func=run_predict)

@@ -78,3 +78,57 @@ def tiny_classifier_config():
     from cxr_hub import PatchClassifierConfig
 
     return PatchClassifierConfig(image_size=256, patch_size=64, input_size=64, num_patches=8)
+
+
+def synthetic_label_map(h: int = 128, w: int = 112) -> np.ndarray:
+    """Label map matching ``synthetic_cxr``: right lung (3) on the image's left, left lung (2) on its right, heart
+    (1) between them; uint8 (h, w)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    lab = np.zeros((h, w), np.uint8)
+    lab[((xx - 0.3 * w) / (0.15 * w)) ** 2 + ((yy - 0.5 * h) / (0.3 * h)) ** 2 < 1] = 3
+    lab[((xx - 0.7 * w) / (0.15 * w)) ** 2 + ((yy - 0.5 * h) / (0.3 * h)) ** 2 < 1] = 2
+    lab[((xx - 0.5 * w) / (0.07 * w)) ** 2 + ((yy - 0.65 * h) / (0.12 * h)) ** 2 < 1] = 1
+    return lab
+
+
+def write_synthetic_manifest(root: Path, n: int = 6, seed: int = 0) -> Path:
+    """A small manifest folder (images/, masks/, manifest.csv) of synthetic X-rays; returns the CSV path.
+
+    Two sources: "alpha" (SCR-style masks with heart) and "beta" (v7labs-style, lungs only); labels alternate.
+    """
+    import csv
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(exist_ok=True)
+    labels = ["normal", "viral_covid", "bacterial"]
+    rows = []
+    for i in range(n):
+        img = synthetic_cxr(rng, 128, 112)
+        lab = synthetic_label_map(128, 112)
+        source, mask_source = ("alpha", "scr") if i % 2 == 0 else ("beta", "v7labs")
+        if mask_source == "v7labs":
+            lab[lab == 1] = 0
+        Image.fromarray(img).save(root / "images" / f"img{i}.png")
+        Image.fromarray(lab).save(root / "masks" / f"img{i}.png")
+        rows.append(
+            {
+                "id": f"img{i}",
+                "image": f"images/img{i}.png",
+                "mask": f"masks/img{i}.png",
+                "mask_source": mask_source,
+                "source": source,
+                "patient_id": f"p{i // 2}",
+                "label4": labels[i % 3],
+                "label3": "",
+                "view": "PA",
+            }
+        )
+    path = root / "manifest.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

@@ -1,0 +1,315 @@
+"""Segmentation evaluation: ``python -m cxr_hub evaluate-segmentation``.
+
+Scores a segmentation model against the masks of any folder in the manifest format, at each mask's original
+resolution, and writes ``metrics.json``, ``per_image.csv``, a PNG grid of the worst cases and an under-segmentation
+report (the paper's section V-F-3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .io import CXRInputError, load_image
+from .manifest import ManifestRow, load_label_map, read_manifest
+from .metrics import STRUCTURE_LABELS, structure_scores, summarize, summarize_scores
+from .models import CXRImageProcessor, image_processor_for
+
+DEFAULT_SEGMENTATION = "models/cxr-lung-seg-fcdensenet103"
+# An image's predicted lung area below this share of the normal class's median counts as under-segmented.
+UNDERSEGMENTATION_THRESHOLD = 0.75
+_STRUCTURE_FOR_ANNOTATION = {"heart": "heart", "left_lung": "left_lung", "right_lung": "right_lung"}
+
+
+def load_segmentation_model(name_or_path: str | Path, device: str | torch.device | None = None) -> torch.nn.Module:
+    """Loads a cxr-hub segmentation model (local Hub folder or repo id) in eval mode on ``device``.
+
+    Raises:
+        FileNotFoundError: a local-looking path that does not exist (with a hint on how to get a model).
+    """
+    from transformers import AutoModelForSemanticSegmentation
+
+    path = Path(name_or_path)
+    if not path.exists() and (str(name_or_path).startswith((".", "/", "models")) or path.suffix):
+        raise FileNotFoundError(
+            f"No segmentation model at {path}. Train one with `python -m training.train_segmentation` or pass "
+            "--segmentation with a Hub folder or repo id."
+        )
+    model = AutoModelForSemanticSegmentation.from_pretrained(str(name_or_path))
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return model.to(dev).eval()
+
+
+def segmentation_processor(model: torch.nn.Module, preprocessing: str = "model") -> CXRImageProcessor:
+    """The processor matching the model's config; ``preprocessing="none"`` drops histeq and gamma (ablation)."""
+    processor = image_processor_for(model.config)
+    if preprocessing == "none":
+        processor.do_equalize, processor.gamma = False, None
+    elif preprocessing != "model":
+        raise ValueError(f"preprocessing must be 'model' or 'none', got {preprocessing!r}.")
+    return processor
+
+
+@torch.inference_mode()
+def segment(model: torch.nn.Module, processor: CXRImageProcessor, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Label maps (0 bg, 1 heart, 2 left lung, 3 right lung) at each image's original size.
+
+    Args:
+        model: a segmentation model in eval mode.
+        processor: its image processor.
+        images: (H, W) float gray images.
+
+    Returns:
+        list of int64 (H, W) label maps.
+    """
+    device = next(model.parameters()).device
+    batch = processor(list(images), return_tensors="pt")
+    logits = model(batch["pixel_values"].to(device)).logits.float()
+    return processor.post_process_semantic_segmentation(logits, target_sizes=[im.shape for im in images])
+
+
+def select_rows(
+    rows: Sequence[ManifestRow],
+    split_file: str | Path | None = None,
+    split: str | None = None,
+    sources: Iterable[str] | None = None,
+) -> list[ManifestRow]:
+    """Filters manifest rows by a saved split (``"segmentation:val"``) and by source."""
+    selected = list(rows)
+    if split:
+        if not split_file:
+            raise ValueError("--split needs --split-file (a split JSON made by training/data.py).")
+        group, _, name = split.partition(":")
+        splits = json.loads(Path(split_file).read_text())["splits"]
+        if group not in splits or not name:
+            raise ValueError(f"--split must look like GROUP:NAME with GROUP in {sorted(splits)}, got {split!r}.")
+        selected = [r for r in selected if splits[group].get(r.id) == name]
+    if sources:
+        wanted = set(sources)
+        selected = [r for r in selected if r.source in wanted]
+    return selected
+
+
+def _lung_fraction(label_map: np.ndarray) -> float:
+    return float(np.isin(label_map, STRUCTURE_LABELS["lung"]).mean())
+
+
+def undersegmentation_report(
+    lung_fractions: dict[str, float], labels: dict[str, str], threshold: float = UNDERSEGMENTATION_THRESHOLD
+) -> dict[str, Any]:
+    """Share of images per class whose predicted lung area is below ``threshold`` x the normal class's median.
+
+    Lung area is measured as the share of the image's pixels labelled lung, so film size does not matter.
+
+    Args:
+        lung_fractions: image id → predicted lung area share.
+        labels: image id → class.
+        threshold: fraction of the normal median below which a mask counts as deformed.
+
+    Returns:
+        ``{"definition", "reference_median", "per_class": {class: {"n", "undersegmented", "share"}}}``; the reference
+        is the median over ``normal`` images, or over all images when there are none (stated in ``definition``).
+    """
+    normals = [f for i, f in lung_fractions.items() if labels.get(i) == "normal"]
+    reference_name = "normal" if normals else "all images"
+    reference = float(np.median(normals if normals else list(lung_fractions.values()) or [np.nan]))
+    per_class: dict[str, dict[str, Any]] = {}
+    for cls in sorted({labels[i] for i in lung_fractions if labels.get(i)}):
+        vals = [f for i, f in lung_fractions.items() if labels.get(i) == cls]
+        under = sum(f < threshold * reference for f in vals)
+        per_class[cls] = {"n": len(vals), "undersegmented": int(under), "share": under / len(vals) if vals else None}
+    return {
+        "definition": f"predicted lung area (share of image pixels) < {threshold:.0%} of the median over "
+        f"{reference_name} images",
+        "reference_median": reference,
+        "per_class": per_class,
+    }
+
+
+def _worst_case_grid(cases: list[tuple[float, ManifestRow, np.ndarray, np.ndarray]], path: Path) -> None:
+    """Saves image + reference contour + predicted overlay for the worst-scoring images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not cases:
+        return
+    cols = min(4, len(cases))
+    rows = int(np.ceil(len(cases) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
+    colours = np.array([[0, 0, 0, 0], [1, 0.2, 0.2, 0.35], [0.2, 0.5, 1, 0.35], [0.2, 1, 0.4, 0.35]])
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (score, row, pred, target) in zip(axes.ravel(), cases, strict=False):
+        image = load_image(row.image)
+        ax.imshow(image, cmap="gray")
+        ax.imshow(colours[pred])
+        ax.contour(np.isin(target, (2, 3)), levels=[0.5], colors="yellow", linewidths=0.8)
+        ax.set_title(f"{row.id[:28]}\nlung J={score:.3f}", fontsize=7)
+    fig.suptitle("Worst lung Jaccard: prediction (fill) vs reference lungs (yellow)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def evaluate_segmentation(
+    manifest: str | Path,
+    out_dir: str | Path,
+    *,
+    segmentation: str | Path | torch.nn.Module = DEFAULT_SEGMENTATION,
+    preprocessing: str = "model",
+    split_file: str | Path | None = None,
+    split: str | None = None,
+    sources: Iterable[str] | None = None,
+    task: str = "label4",
+    undersegmentation: bool = True,
+    worst: int = 12,
+    limit: int | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Evaluates a segmentation model on every selected manifest row with a mask.
+
+    Jaccard and Dice are computed at the mask's original resolution, per structure; a structure the mask source does
+    not annotate (v7labs: no heart) is skipped for that image, never scored as a miss.
+
+    Returns:
+        The metrics dict written to ``out_dir/metrics.json``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = select_rows(read_manifest(manifest), split_file, split, sources)
+    model = segmentation if isinstance(segmentation, torch.nn.Module) else load_segmentation_model(segmentation, device)
+    processor = segmentation_processor(model, preprocessing)
+    scored = [r for r in rows if r.mask is not None]
+    labelled = [r for r in rows if r.label(task)] if undersegmentation else []
+    todo = {r.id: r for r in scored + labelled}
+    if limit:
+        todo = dict(list(todo.items())[:limit])
+    if not todo:
+        raise ValueError("No rows to evaluate: the selection has no images with masks (or labels).")
+
+    per_image: list[dict[str, Any]] = []
+    scores, by_source = [], defaultdict(list)
+    lung_fraction: dict[str, float] = {}
+    worst_cases: list[tuple[float, ManifestRow, np.ndarray, np.ndarray]] = []
+    failures: list[dict[str, str]] = []
+    for row in tqdm(list(todo.values()), desc="segmenting", unit="img"):
+        try:
+            image = load_image(row.image)
+        except CXRInputError as exc:
+            failures.append({"id": row.id, "error": str(exc)})
+            continue
+        pred = segment(model, processor, [image])[0]
+        lung_fraction[row.id] = _lung_fraction(pred)
+        if row.mask is None:
+            continue
+        target = load_label_map(row.mask)
+        if target.shape != pred.shape:
+            failures.append({"id": row.id, "error": f"mask {target.shape} differs from image {pred.shape}"})
+            continue
+        structures = ["lung", *(s for s in row.annotated_structures(target) if s in _STRUCTURE_FOR_ANNOTATION)]
+        s = structure_scores(pred, target, structures)
+        scores.append(s)
+        by_source[row.source].append(s)
+        per_image.append(
+            {"id": row.id, "source": row.source, "mask_source": row.mask_source, "label4": row.label4}
+            | {f"jaccard_{k}": round(v, 5) for k, v in s["jaccard"].items()}
+            | {f"dice_{k}": round(v, 5) for k, v in s["dice"].items()}
+        )
+        worst_cases.append((s["jaccard"]["lung"], row, pred.astype(np.uint8), target))
+        worst_cases = sorted(worst_cases, key=lambda c: c[0])[:worst]
+
+    def _mean_std(summary: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
+        return {
+            m: {k: {"mean": v["mean"], "std": v["std"], "n": v["n"]} for k, v in d.items()} for m, d in summary.items()
+        }
+
+    metrics: dict[str, Any] = {
+        "n": len(scores),
+        **_mean_std(summarize_scores(scores)),
+        "by_source": {src: {"n": len(v), **_mean_std(summarize_scores(v))} for src, v in sorted(by_source.items())},
+        "model": str(segmentation) if not isinstance(segmentation, torch.nn.Module) else type(segmentation).__name__,
+        "preprocessing": "paper (histogram equalisation + gamma 0.5)" if preprocessing == "model" else "none (min-max)",
+        "resolution": "original mask resolution",
+        "selection": {"manifest": str(manifest), "split": split, "sources": sorted(sources) if sources else None},
+        "failures": failures,
+    }
+    if undersegmentation and labelled:
+        labels = {r.id: r.label(task) for r in labelled}
+        metrics["undersegmentation"] = undersegmentation_report(
+            {i: f for i, f in lung_fraction.items() if i in labels}, labels
+        )
+        metrics["undersegmentation"]["lung_area_share"] = {
+            cls: summarize([f for i, f in lung_fraction.items() if labels.get(i) == cls])
+            for cls in sorted(set(labels.values()))
+        }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n")
+    if per_image:
+        with (out / "per_image.csv").open("w", newline="") as f:
+            fields = sorted({k for p in per_image for k in p}, key=lambda k: (k.startswith(("jaccard", "dice")), k))
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(per_image)
+    _worst_case_grid(worst_cases, out / "worst_cases.png")
+    return metrics
+
+
+def run_evaluate_segmentation(args: argparse.Namespace) -> int:
+    """CLI handler for ``evaluate-segmentation``."""
+    metrics = evaluate_segmentation(
+        args.manifest,
+        args.out,
+        segmentation=args.segmentation,
+        preprocessing=args.preprocessing,
+        split_file=args.split_file,
+        split=args.split,
+        sources=args.source,
+        task=args.task,
+        undersegmentation=args.undersegmentation,
+        limit=args.limit,
+        device=args.device,
+    )
+    brief = {k: metrics[k] for k in ("n", "jaccard", "dice")}
+    print(json.dumps(brief, indent=2))
+    print(f"wrote {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+def add_parser(subparsers: Any) -> None:
+    """Registers ``evaluate-segmentation`` on the top-level CLI."""
+    p = subparsers.add_parser(
+        "evaluate-segmentation",
+        help="score a segmentation model against a manifest's masks (Jaccard/Dice, worst cases, under-segmentation)",
+    )
+    p.add_argument("--manifest", required=True, help="manifest.csv (or its folder); paths relative to it")
+    p.add_argument("--segmentation", default=DEFAULT_SEGMENTATION, help="Hub folder or repo id (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output folder for metrics.json, per_image.csv, worst_cases.png")
+    p.add_argument(
+        "--preprocessing",
+        choices=("model", "none"),
+        default="model",
+        help="'model': the paper's preprocessing (default); 'none': min-max scaling only (ablation)",
+    )
+    p.add_argument("--split-file", help="split JSON from training/data.py")
+    p.add_argument("--split", help="GROUP:NAME from the split file, e.g. segmentation:val")
+    p.add_argument("--source", action="append", help="only rows of this source (repeatable)")
+    p.add_argument("--task", default="label4", choices=("label4", "label3"), help="classes for under-segmentation")
+    p.add_argument(
+        "--undersegmentation",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also segment labelled rows without masks for the under-segmentation report",
+    )
+    p.add_argument("--limit", type=int, help="evaluate at most this many images (quick checks)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(func=run_evaluate_segmentation)

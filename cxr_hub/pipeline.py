@@ -1,0 +1,700 @@
+"""``CXRPipeline``: load → preprocess → segment → sample patches → vote → probabilistic Grad-CAM (Oh, Park, Ye 2020).
+
+Two halves, so an interactive app can cache the expensive, parameter-free part:
+
+* :meth:`CXRPipeline.prepare` (per image): load, the paper's preprocessing, lung/heart segmentation at the
+  segmentation model's size (256), the label map and lung mask at the original size, the lung-masked, normalised
+  classifier frame (1024) and the biomarkers → :class:`PreparedImage`.
+* :meth:`CXRPipeline.analyze` (per K / patch size / seed / classes): patch sampling, batched classification, majority
+  vote, probabilistic Grad-CAM, and the optional global classifier → :class:`PipelineResult`.
+
+Every preprocessing parameter (frame size, gamma, equalisation, mean/std, network input size, default patch size
+and K) comes from the models' configs through :func:`cxr_hub.image_processor_for`; nothing is hard-coded here.
+
+Rules (see :mod:`cxr_hub.patches` and :mod:`cxr_hub.saliency` for the functions):
+
+* Patch centres are drawn jointly and uniformly from the lung pixels of the lung mask resized (nearest) to the
+  classifier frame; a patch near the border is shifted inside the frame, never zero-padded (``sampling``).
+* A ``patch_size`` other than the classifier's trained ``config.patch_size`` is cropped at that size, resized to
+  ``config.input_size`` and flagged in ``warnings``.
+* Majority vote; ties → highest mean probability → lowest class index. Same seed → identical result.
+* Speed: all K patches go through the network in chunks of ``chunk_size`` under ``torch.inference_mode``; on CUDA
+  (used when present) with bf16 autocast, on CPU in fp32 with channels_last (bf16 only with ``precision="bf16"``).
+* Saliency costs no backward pass: for the GAP + linear head, Grad-CAM maps follow from the voting pass's layer4
+  features (:func:`cxr_hub.saliency.gradcam_from_features`); the un-normalised maps of every class are kept from
+  that pass (K x C x 7 x 7 floats), so no second forward pass is needed for any requested class.
+* Eq. (5): per-patch maps normalised to [0, 1] (``normalize_cams``), times the patch's class probability, pasted,
+  summed and divided by the per-pixel patch count; computed in the 1024 frame and resized to the original size.
+* Too little lung (below ``min_lung_fraction`` of the image, default 5 %) gives a warning, no lung at all a
+  :class:`cxr_hub.CXRInputError`.
+
+Pipeline-level problems go into ``PipelineResult.warnings`` (never ``warnings.warn``), for reports and the app.
+Only pixel arrays from :func:`cxr_hub.load_image` enter the pipeline, so no DICOM header field can reach a result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .biomarkers import LEFT_LUNG, RIGHT_LUNG, Biomarkers, compute_biomarkers
+from .io import ImageSource, load_image
+from .models import (
+    SEGMENTATION_LABELS,
+    CXRImageProcessor,
+    CXRInputError,
+    PatchClassifierConfig,
+    image_processor_for,
+)
+from .patches import SAMPLING_MODES, crop_patches, majority_vote, sample_patch_boxes
+from .preprocessing import map_boxes, preprocess_cxr, resize_image, resize_label_map
+from .saliency import gradcam_from_features, normalize_cams, probabilistic_gradcam
+
+__all__ = ["PRECISIONS", "CXRPipeline", "PipelineResult", "PreparedImage"]
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+#: Below this share of the image segmented as lung, a result is flagged as unreliable.
+DEFAULT_MIN_LUNG_FRACTION = 0.05
+
+
+def _normalised_frame(processor: CXRImageProcessor, preprocessed: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """``processor.preprocess_one`` from an already preprocessed image (the histogram step runs once per image).
+
+    Mirrors the tail of :meth:`CXRImageProcessor.preprocess_one` (resize → mask → normalise); a test checks the two
+    agree, so the paper's preprocessing still has a single definition.
+
+    Returns:
+        float32 (size, size) normalised frame.
+    """
+    out = resize_image(preprocessed, processor.size)
+    if mask is not None:
+        out = out * resize_label_map(np.asarray(mask) > 0, processor.size).astype(np.float32)
+    return ((out / 255.0 - processor.image_mean) / processor.image_std).astype(np.float32)
+
+
+def _finite_or_none(value: Any) -> Any:
+    """Recursively turns NaN/inf floats into None so ``json.dumps(..., allow_nan=False)`` works."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+@dataclass
+class PreparedImage:
+    """Everything about one image that does not depend on K, patch size, seed or classes (cacheable).
+
+    Attributes:
+        image: (H, W) float32 original gray image from :func:`cxr_hub.load_image`.
+        preprocessed: (H, W) float32 in [0, 255], :func:`cxr_hub.preprocess_cxr` with the classifier's gamma and
+            equalisation.
+        preprocess_params: ``(do_equalize, gamma)`` used for ``preprocessed``.
+        label_map: (H, W) uint8, 0 background / 1 heart / 2 left lung / 3 right lung.
+        lung_mask: (H, W) bool, left | right lung.
+        frame: (S, S) float32 classifier frame (S = classifier ``image_size``, 1024): preprocessed, resized, zero
+            gray level outside the lungs, then normalised with the classifier's mean/std.
+        frame_mask: (S, S) bool lung mask in that frame (nearest resize of ``lung_mask``); patch centres come from it.
+        biomarkers: cardiothoracic ratio, lung intensity, lung areas.
+        timings: ms per stage (load, preprocess, segment, biomarkers, total).
+        warnings: image-level warnings (too little lung, no heart).
+    """
+
+    image: np.ndarray
+    preprocessed: np.ndarray
+    preprocess_params: tuple[bool, float | None]
+    label_map: np.ndarray
+    lung_mask: np.ndarray
+    frame: np.ndarray
+    frame_mask: np.ndarray
+    biomarkers: Biomarkers
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        """(H, W) of the original image."""
+        return int(self.image.shape[0]), int(self.image.shape[1])
+
+    @property
+    def lung_fraction(self) -> float:
+        """Share of the image's pixels segmented as lung, in [0, 1]."""
+        return float(self.lung_mask.mean())
+
+
+@dataclass
+class PipelineResult:
+    """Result of :class:`CXRPipeline` on one image. Maps are at the original image size (H, W).
+
+    Attributes:
+        label: majority-vote class name.
+        votes: class → number of patches voting for it (sums to k).
+        vote_fraction: class → votes / k, in [0, 1].
+        probabilities: class → mean patch softmax probability, in [0, 1] (sums to 1).
+        patch_probabilities: (k, C) float32 per-patch softmax probabilities.
+        class_names: the classifier's classes in index order.
+        label_map: (H, W) uint8 segmentation (0 background, 1 heart, 2 left lung, 3 right lung).
+        lung_mask: (H, W) bool.
+        patch_boxes: (k, 4) float64 ``(x0, y0, x1, y1)`` patch edges in original-image pixels (not rounded).
+        patch_boxes_1024: (k, 4) int64 patch edges in the classifier frame (1024).
+        patch_centers_1024: (k, 2) int64 ``(x, y)`` sampled centres in the classifier frame.
+        saliency: class → (H, W) float32 probabilistic Grad-CAM (eq. 5), in [0, 1] with normalised cams.
+        saliency_in_lung: class → share of the map's mass inside the lung mask, in [0, 1]; NaN for an all-zero map.
+        global_label: the global classifier's argmax class (None without a global classifier).
+        global_probabilities: class → its softmax probability.
+        global_saliency: class → (H, W) float32 Grad-CAM of the whole masked image, in [0, 1] when normalised.
+        biomarkers: cardiothoracic ratio, lung intensity, lung areas (see :mod:`cxr_hub.biomarkers`).
+        k: number of patches.
+        patch_size: patch side as cut from the classifier frame.
+        seed: seed of the patch sampler.
+        image_size: (H, W) of the original image.
+        timings: ms per stage: load, preprocess, segment, biomarkers, sample, classify, saliency, global, analyze
+            (all analysis stages) and total (prepare + analyze; for a cached PreparedImage the prepare part is what it
+            cost when prepared).
+        device: torch device the networks ran on, e.g. "cpu" or "cuda:0".
+        warnings: everything that makes the result less trustworthy, in words.
+    """
+
+    label: str
+    votes: dict[str, int]
+    vote_fraction: dict[str, float]
+    probabilities: dict[str, float]
+    patch_probabilities: np.ndarray
+    class_names: list[str]
+    label_map: np.ndarray
+    lung_mask: np.ndarray
+    patch_boxes: np.ndarray
+    patch_boxes_1024: np.ndarray
+    patch_centers_1024: np.ndarray
+    saliency: dict[str, np.ndarray]
+    saliency_in_lung: dict[str, float]
+    biomarkers: Biomarkers
+    k: int
+    patch_size: int
+    seed: int | None
+    image_size: tuple[int, int]
+    timings: dict[str, float]
+    device: str
+    warnings: list[str]
+    global_label: str | None = None
+    global_probabilities: dict[str, float] | None = None
+    global_saliency: dict[str, np.ndarray] | None = None
+
+    def to_dict(self, include_maps: bool = False) -> dict[str, Any]:
+        """JSON-serialisable summary (plain lists and numbers; NaN becomes None).
+
+        Args:
+            include_maps: also include the (H, W) maps (label map, lung mask, saliency) as nested lists; large
+                (millions of numbers for a full-size film), so off by default.
+
+        Returns:
+            dict accepted by ``json.dumps(..., allow_nan=False)``.
+        """
+        out: dict[str, Any] = {
+            "label": self.label,
+            "votes": dict(self.votes),
+            "vote_fraction": dict(self.vote_fraction),
+            "probabilities": dict(self.probabilities),
+            "class_names": list(self.class_names),
+            "k": self.k,
+            "patch_size": self.patch_size,
+            "seed": self.seed,
+            "image_size": list(self.image_size),
+            "patch_probabilities": self.patch_probabilities.astype(float).tolist(),
+            "patch_boxes": self.patch_boxes.astype(float).tolist(),
+            "patch_boxes_1024": self.patch_boxes_1024.astype(int).tolist(),
+            "patch_centers_1024": self.patch_centers_1024.astype(int).tolist(),
+            "saliency_classes": list(self.saliency),
+            "saliency_in_lung": dict(self.saliency_in_lung),
+            "global_label": self.global_label,
+            "global_probabilities": dict(self.global_probabilities) if self.global_probabilities else None,
+            "global_saliency_classes": list(self.global_saliency) if self.global_saliency else None,
+            "biomarkers": self.biomarkers.to_dict(),
+            "timings": dict(self.timings),
+            "device": self.device,
+            "warnings": list(self.warnings),
+        }
+        if include_maps:
+            out["label_map"] = self.label_map.astype(int).tolist()
+            out["lung_mask"] = self.lung_mask.astype(bool).tolist()
+            out["saliency"] = {c: m.astype(float).tolist() for c, m in self.saliency.items()}
+            if self.global_saliency:
+                out["global_saliency"] = {c: m.astype(float).tolist() for c, m in self.global_saliency.items()}
+        return _finite_or_none(out)
+
+
+class _Timer:
+    """Wall-clock stages in milliseconds; synchronises CUDA first so asynchronous kernels are counted."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.ms: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - start) * 1e3
+
+
+def _check_classifier(model: nn.Module, role: str, mode: str) -> PatchClassifierConfig:
+    config = getattr(model, "config", None)
+    if not isinstance(config, PatchClassifierConfig):
+        raise TypeError(f"The {role} must be a cxr_hub PatchClassifier model, got {type(model).__name__}.")
+    if config.mode != mode:
+        raise ValueError(f"The {role} must have config.mode == {mode!r}, got {config.mode!r}.")
+    for attr in ("forward_features", "forward_head", "classifier"):
+        if not hasattr(model, attr):
+            raise TypeError(f"The {role} lacks {attr!r} (needed for batched voting and backward-free Grad-CAM).")
+    return config
+
+
+class CXRPipeline:
+    """The paper's inference: segmentation → K lung patches → majority vote → probabilistic Grad-CAM.
+
+    Args:
+        segmentation_model: FC-DenseNet / U-Net segmentation model (``config.image_size``, 4 labels: background,
+            heart, left lung, right lung).
+        classifier_model: patch classifier (``PatchClassifierConfig`` with ``mode="patch"``).
+        global_classifier: optional whole-image classifier (``mode="global"``) for comparison.
+        device: "cpu", "cuda", a torch.device, or None for CUDA when available, else CPU. The models are moved there
+            (and converted to channels_last when ``channels_last``), in place.
+        chunk_size: patches per forward pass; bounds memory (activations of ``chunk_size`` patches at a time).
+        precision: classifier precision: "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32", or "bf16" (autocast
+            on any device; on CPU an explicit opt-in, not yet validated on real images with a trained classifier).
+            The segmentation always runs in fp32: one image, and its label map decides where every patch goes.
+        channels_last: run the networks in channels_last memory format (on a 2-core CPU: ~1.4x faster for
+            ResNet-18 patches, ~3x for FC-DenseNet103, whose many concatenations are cheaper in that layout).
+        normalize_cams: normalise each patch's Grad-CAM to [0, 1] before eq. 5, as the authors did; False keeps raw
+            Grad-CAM values (maps are then not bounded by 1).
+        sampling: "joint" (centres uniform over lung pixels) or "independent" (the authors' row/column scheme).
+        min_lung_fraction: below this share of the image segmented as lung, the result carries a warning.
+    """
+
+    def __init__(
+        self,
+        segmentation_model: nn.Module,
+        classifier_model: nn.Module,
+        global_classifier: nn.Module | None = None,
+        device: str | torch.device | None = None,
+        chunk_size: int = 32,
+        precision: str = "auto",
+        channels_last: bool = True,
+        normalize_cams: bool = True,
+        sampling: str = "joint",
+        min_lung_fraction: float = DEFAULT_MIN_LUNG_FRACTION,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+        if sampling not in SAMPLING_MODES:
+            raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}.")
+        if int(chunk_size) < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {chunk_size}.")
+        if not 0.0 <= float(min_lung_fraction) < 1.0:
+            raise ValueError(f"min_lung_fraction must be in [0, 1), got {min_lung_fraction}.")
+        self.device = torch.device(device) if device is not None else self.default_device()
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' was requested but CUDA is not available; use device='cpu'.")
+        seg_config = getattr(segmentation_model, "config", None)
+        if seg_config is None or not hasattr(seg_config, "image_size"):
+            raise TypeError("The segmentation model needs a config with image_size (a cxr_hub segmentation model).")
+        seg_labels = {int(k): v for k, v in seg_config.id2label.items()}
+        if seg_labels != SEGMENTATION_LABELS:
+            raise ValueError(f"The segmentation model's labels must be {SEGMENTATION_LABELS}, got {seg_labels}.")
+        self.classifier_config = _check_classifier(classifier_model, "classifier", "patch")
+        self.global_config = (
+            _check_classifier(global_classifier, "global classifier", "global") if global_classifier else None
+        )
+        self.chunk_size = int(chunk_size)
+        self.precision = precision
+        self.channels_last = bool(channels_last)
+        self.normalize_cams = bool(normalize_cams)
+        self.sampling = sampling
+        self.min_lung_fraction = float(min_lung_fraction)
+        self.segmentation_model = self._place(segmentation_model)
+        self.classifier_model = self._place(classifier_model)
+        self.global_classifier = self._place(global_classifier) if global_classifier else None
+        self.segmentation_processor = image_processor_for(seg_config)
+        self.classifier_processor = image_processor_for(self.classifier_config)
+        self.global_processor = image_processor_for(self.global_config) if self.global_config else None
+
+    @staticmethod
+    def default_device() -> torch.device:
+        """CUDA when available, else CPU."""
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        segmentation: str | Path,
+        classifier: str | Path,
+        global_classifier: str | Path | None = None,
+        device: str | torch.device | None = None,
+        **kwargs: Any,
+    ) -> CXRPipeline:
+        """Loads the models with ``transformers.AutoModel`` (Hub repo ids or local folders) and builds a pipeline.
+
+        ``cxr_hub`` registers its model classes on import, so no ``trust_remote_code`` is needed in this process.
+
+        Args:
+            segmentation: segmentation model repo id or folder.
+            classifier: patch classifier repo id or folder.
+            global_classifier: optional global classifier repo id or folder.
+            device: as in the constructor.
+            **kwargs: further constructor arguments (chunk_size, precision, ...).
+        """
+        from transformers import AutoModel
+
+        seg = AutoModel.from_pretrained(str(segmentation)).eval()
+        clf = AutoModel.from_pretrained(str(classifier)).eval()
+        glob = AutoModel.from_pretrained(str(global_classifier)).eval() if global_classifier is not None else None
+        return cls(seg, clf, glob, device=device, **kwargs)
+
+    def _place(self, model: nn.Module) -> nn.Module:
+        """Moves a model to the device in eval mode (in place), channels_last when enabled."""
+        model = model.to(self.device).eval()
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        use_bf16 = self.precision == "bf16" or (self.precision == "auto" and self.device.type == "cuda")
+        if not use_bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    @property
+    def class_names(self) -> list[str]:
+        """The patch classifier's classes in index order."""
+        return [self.classifier_config.id2label[i] for i in range(self.classifier_config.num_labels)]
+
+    # ------------------------------------------------------------------ prepare
+
+    def prepare(self, image: ImageSource) -> PreparedImage:
+        """Load, preprocess, segment and compute the classifier frame and biomarkers of one image.
+
+        Args:
+            image: anything :func:`cxr_hub.load_image` accepts (path, bytes, file object, PIL image, array).
+
+        Returns:
+            PreparedImage, reusable for any number of :meth:`analyze` calls.
+
+        Raises:
+            CXRInputError: unreadable image, or no lung segmented at all ("is this a frontal chest X-ray?").
+        """
+        timer = _Timer(self.device)
+        start = time.perf_counter()
+        with timer.stage("load"):
+            img = load_image(image)
+        cls_proc, seg_proc = self.classifier_processor, self.segmentation_processor
+        params = (cls_proc.do_equalize, cls_proc.gamma)
+        with timer.stage("preprocess"):
+            pre = preprocess_cxr(img, equalize=params[0], gamma=params[1])
+            seg_pre = self._preprocessed(img, seg_proc, pre, params)
+            seg_input = _normalised_frame(seg_proc, seg_pre, None)
+        with timer.stage("segment"):
+            x = torch.from_numpy(seg_input)[None, None].to(self.device)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                logits = self.segmentation_model(x).logits
+                label_map = seg_proc.post_process_semantic_segmentation(logits, target_sizes=[img.shape])[0]
+            label_map = label_map.astype(np.uint8)
+            lung_mask = (label_map == LEFT_LUNG) | (label_map == RIGHT_LUNG)
+        if not lung_mask.any():
+            raise CXRInputError(
+                "No lung found in the segmentation: there is nothing to classify. Is this a frontal (PA/AP) chest "
+                "X-ray? Lateral views, other body parts and non-radiographs cannot be analysed."
+            )
+        with timer.stage("preprocess"):
+            frame = _normalised_frame(cls_proc, pre, lung_mask)
+            frame_mask = resize_label_map(lung_mask, cls_proc.size)
+        if not frame_mask.any():
+            raise CXRInputError(
+                "No lung left in the classifier frame after resizing the lung mask (the segmented lung is only a "
+                f"few pixels). Is this a frontal chest X-ray? Lung pixels at the original size: {int(lung_mask.sum())}."
+            )
+        with timer.stage("biomarkers"):
+            markers = compute_biomarkers(label_map, pre)
+        notes: list[str] = []
+        lung_fraction = float(lung_mask.mean())
+        if lung_fraction < self.min_lung_fraction:
+            notes.append(
+                f"too little lung segmented ({lung_fraction:.1%} of the image, below {self.min_lung_fraction:.0%}): "
+                "result unreliable"
+            )
+        notes.extend(markers.warnings)
+        timer.ms["total"] = (time.perf_counter() - start) * 1e3
+        return PreparedImage(
+            image=img,
+            preprocessed=pre,
+            preprocess_params=params,
+            label_map=label_map,
+            lung_mask=lung_mask,
+            frame=frame,
+            frame_mask=frame_mask,
+            biomarkers=markers,
+            timings=timer.ms,
+            warnings=notes,
+        )
+
+    @staticmethod
+    def _preprocessed(
+        image: np.ndarray, processor: CXRImageProcessor, cached: np.ndarray, cached_params: tuple[bool, float | None]
+    ) -> np.ndarray:
+        """The processor's preprocessing of ``image``, reusing ``cached`` when the parameters agree."""
+        params = (processor.do_equalize, processor.gamma)
+        if params == cached_params:
+            return cached
+        return preprocess_cxr(image, equalize=params[0], gamma=params[1])
+
+    # ------------------------------------------------------------------ analyze
+
+    def resolve_classes(self, saliency_classes: str | Sequence[str | int] | None, predicted: int) -> list[int]:
+        """Class indices for saliency: None → the predicted class; "all" → every class; names or indices.
+
+        A string may list several names separated by commas ("normal,viral_covid").
+        """
+        names = self.class_names
+        if saliency_classes is None:
+            return [predicted]
+        if isinstance(saliency_classes, str):
+            if saliency_classes == "all":
+                return list(range(len(names)))
+            saliency_classes = [s.strip() for s in saliency_classes.split(",") if s.strip()]
+        out: list[int] = []
+        for c in saliency_classes:
+            if isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= int(c) < len(names):
+                idx = int(c)
+            elif isinstance(c, str) and c in names:
+                idx = names.index(c)
+            else:
+                raise ValueError(f"Unknown saliency class {c!r}; choose from {names}, their indices, or 'all'.")
+            if idx not in out:
+                out.append(idx)
+        return out
+
+    def classify_patches(
+        self, frame: np.ndarray | torch.Tensor, boxes: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Runs all patches through the classifier in chunks and keeps every class's Grad-CAM from the same pass.
+
+        Args:
+            frame: (S, S) normalised, lung-masked classifier frame.
+            boxes: (K, 4) int patch edges in that frame.
+
+        Returns:
+            ``(probs, cams)``: float32 (K, C) softmax probabilities on the CPU and float32 (K, C, h, w) un-normalised
+            Grad-CAM maps (after ReLU) of every class, on the pipeline's device.
+        """
+        model = self.classifier_model
+        cfg = self.classifier_config
+        frame_t = torch.as_tensor(frame, dtype=torch.float32).to(self.device)
+        weight = model.classifier.weight.detach().float()
+        all_classes = list(range(cfg.num_labels))
+        probs, cams = [], []
+        with torch.inference_mode():
+            for start in range(0, len(boxes), self.chunk_size):
+                x = crop_patches(frame_t, boxes[start : start + self.chunk_size], cfg.input_size)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with self._autocast():
+                    features = model.forward_features(x)
+                    logits = model.forward_head(features)
+                probs.append(torch.softmax(logits.float(), dim=-1))
+                # fp32 outside autocast: K x C x 7 x 7 maps are cheap, and bf16 would blur the small differences
+                cams.append(gradcam_from_features(features.float(), weight, all_classes, normalize=False))
+        return torch.cat(probs).cpu(), torch.cat(cams)
+
+    def analyze(
+        self,
+        prepared: PreparedImage,
+        k: int | None = None,
+        patch_size: int | None = None,
+        seed: int | None = 0,
+        saliency_classes: str | Sequence[str | int] | None = None,
+    ) -> PipelineResult:
+        """Patch sampling, voting and saliency on a prepared image.
+
+        Args:
+            prepared: from :meth:`prepare`.
+            k: number of patches; None → the classifier's ``config.num_patches`` (the paper: 100).
+            patch_size: patch side in the classifier frame; None → ``config.patch_size`` (224). Another size is
+                cropped at that size, resized to ``config.input_size`` and flagged in ``warnings``.
+            seed: seed of the patch sampler (same seed → identical result); None draws fresh entropy.
+            saliency_classes: None → the predicted class; "all" → every class; a name, comma-separated names, or a
+                sequence of names/indices.
+
+        Returns:
+            PipelineResult.
+        """
+        cfg = self.classifier_config
+        names = self.class_names
+        k = cfg.num_patches if k is None else int(k)
+        patch_size = cfg.patch_size if patch_size is None else int(patch_size)
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}.")
+        frame_shape = prepared.frame.shape
+        if not 1 <= patch_size <= min(frame_shape):
+            raise ValueError(f"patch_size must be between 1 and the classifier frame side {min(frame_shape)}.")
+        timer = _Timer(self.device)
+        start = time.perf_counter()
+        notes = list(prepared.warnings)
+        if patch_size != cfg.patch_size:
+            notes.append(
+                f"patch size {patch_size} differs from the size the classifier was trained at ({cfg.patch_size}): "
+                f"patches are cropped at {patch_size} px and resized to the network input ({cfg.input_size} px)"
+            )
+        untrained = [c for c in names if c not in cfg.trained_classes]
+        if untrained:
+            notes.append(
+                f"classes never trained in this classifier (their probabilities and votes are meaningless): "
+                f"{', '.join(untrained)}"
+            )
+
+        with timer.stage("sample"):
+            rng = np.random.default_rng(seed)
+            centers, boxes = sample_patch_boxes(prepared.frame_mask, k, patch_size, rng, mode=self.sampling)
+        with timer.stage("classify"):
+            probs_t, cams_all = self.classify_patches(prepared.frame, boxes)
+            probs = probs_t.numpy()
+            winner, counts = majority_vote(probs)
+        classes = self.resolve_classes(saliency_classes, winner)
+        with timer.stage("saliency"):
+            saliency, in_lung = self._patch_saliency(prepared, cams_all, probs_t, boxes, classes)
+
+        global_label = global_probs = global_sal = None
+        if self.global_classifier is not None:
+            with timer.stage("global"):
+                global_label, global_probs, global_sal, gnotes = self._global(prepared, [names[c] for c in classes])
+            notes.extend(gnotes)
+        else:
+            timer.ms["global"] = 0.0
+
+        analyze_ms = (time.perf_counter() - start) * 1e3
+        timings = {key: v for key, v in prepared.timings.items() if key != "total"}
+        timings.update(timer.ms)
+        timings["analyze"] = analyze_ms
+        timings["total"] = prepared.timings.get("total", 0.0) + analyze_ms
+        return PipelineResult(
+            label=names[winner],
+            votes={n: int(c) for n, c in zip(names, counts, strict=True)},
+            vote_fraction={n: float(c) / k for n, c in zip(names, counts, strict=True)},
+            probabilities={n: float(p) for n, p in zip(names, probs.mean(axis=0), strict=True)},
+            patch_probabilities=probs.astype(np.float32),
+            class_names=names,
+            label_map=prepared.label_map,
+            lung_mask=prepared.lung_mask,
+            patch_boxes=map_boxes(boxes, frame_shape, prepared.original_size),
+            patch_boxes_1024=boxes,
+            patch_centers_1024=centers,
+            saliency=saliency,
+            saliency_in_lung=in_lung,
+            biomarkers=prepared.biomarkers,
+            k=k,
+            patch_size=patch_size,
+            seed=seed,
+            image_size=prepared.original_size,
+            timings=timings,
+            device=str(self.device),
+            warnings=notes,
+            global_label=global_label,
+            global_probabilities=global_probs,
+            global_saliency=global_sal,
+        )
+
+    def _patch_saliency(
+        self,
+        prepared: PreparedImage,
+        cams_all: torch.Tensor,
+        probs: torch.Tensor,
+        boxes: np.ndarray,
+        classes: list[int],
+    ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """Eq. 5 for the requested classes, resized to the original size, plus each map's share inside the lung."""
+        cams = cams_all[:, classes]
+        if self.normalize_cams:
+            cams = normalize_cams(cams)
+        maps = probabilistic_gradcam(cams, probs[:, classes], boxes, prepared.frame.shape)
+        names = self.class_names
+        saliency, in_lung = {}, {}
+        for i, c in enumerate(classes):
+            m = resize_image(maps[i], prepared.original_size)
+            saliency[names[c]] = m
+            in_lung[names[c]] = _mass_share(m, prepared.lung_mask)
+        return saliency, in_lung
+
+    def _global(
+        self, prepared: PreparedImage, requested: list[str]
+    ) -> tuple[str, dict[str, float], dict[str, np.ndarray], list[str]]:
+        """Global classifier on the whole masked image, with ordinary Grad-CAM upsampled to the original size."""
+        assert self.global_classifier is not None and self.global_config is not None and self.global_processor
+        model, cfg, proc = self.global_classifier, self.global_config, self.global_processor
+        pre = self._preprocessed(prepared.image, proc, prepared.preprocessed, prepared.preprocess_params)
+        x = torch.from_numpy(_normalised_frame(proc, pre, prepared.lung_mask))[None, None].to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            with self._autocast():
+                features = model.forward_features(x)
+                logits = model.forward_head(features)
+            probs = torch.softmax(logits.float(), dim=-1)[0].cpu().numpy()
+            names = [cfg.id2label[i] for i in range(cfg.num_labels)]
+            pred = int(np.argmax(probs))
+            idx = [pred] + [names.index(n) for n in requested if n in names and names.index(n) != pred]
+            cams = gradcam_from_features(features.float(), model.classifier.weight.float(), idx, self.normalize_cams)
+            up = (
+                torch.nn.functional.interpolate(
+                    cams, size=prepared.original_size, mode="bilinear", align_corners=False
+                )[0]
+                .cpu()
+                .numpy()
+            )
+        notes = []
+        untrained = [c for c in names if c not in cfg.trained_classes]
+        if untrained:
+            notes.append(
+                f"global classifier: classes never trained (meaningless probabilities): {', '.join(untrained)}"
+            )
+        saliency = {names[c]: up[i].astype(np.float32) for i, c in enumerate(idx)}
+        return names[pred], {n: float(p) for n, p in zip(names, probs, strict=True)}, saliency, notes
+
+    def __call__(
+        self,
+        image: ImageSource,
+        k: int | None = None,
+        patch_size: int | None = None,
+        seed: int | None = 0,
+        saliency_classes: str | Sequence[str | int] | None = None,
+    ) -> PipelineResult:
+        """:meth:`prepare` then :meth:`analyze` (see there for the arguments)."""
+        start = time.perf_counter()
+        result = self.analyze(
+            self.prepare(image), k=k, patch_size=patch_size, seed=seed, saliency_classes=saliency_classes
+        )
+        result.timings["total"] = (time.perf_counter() - start) * 1e3
+        return result
+
+
+def _mass_share(saliency: np.ndarray, mask: np.ndarray) -> float:
+    """Share of a non-negative map's total inside a mask, in [0, 1]; NaN for an all-zero map."""
+    total = float(saliency.sum(dtype=np.float64))
+    if total <= 0:
+        return math.nan
+    return min(1.0, max(0.0, float(saliency[mask].sum(dtype=np.float64)) / total))

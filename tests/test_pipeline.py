@@ -1,0 +1,360 @@
+"""CXRPipeline end to end on tiny random models (offline), and the ``predict`` CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import synthetic_cxr
+from torch import nn
+
+from cxr_hub import (
+    CXRInputError,
+    FCDenseNetForSemanticSegmentation,
+    PatchClassifierConfig,
+    PatchClassifierForImageClassification,
+)
+from cxr_hub.cli import main as cli_main
+from cxr_hub.pipeline import CXRPipeline, PipelineResult, PreparedImage
+from cxr_hub.saliency import reference_gradcam
+
+CLASSES = ["normal", "bacterial", "tuberculosis", "viral_covid"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny models gain nothing from threads, and on a shared CPU OpenMP barriers can make them 30x slower
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def ellipse(h: int, w: int, cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    return ((xx + 0.5) / w - cx) ** 2 / rx**2 + ((yy + 0.5) / h - cy) ** 2 / ry**2 < 1
+
+
+def chest_labels(h: int, w: int, lung_scale: float = 1.0) -> np.ndarray:
+    """Label map in relative coordinates: two lung ellipses and a heart between them."""
+    lab = np.zeros((h, w), dtype=np.int64)
+    lab[ellipse(h, w, 0.3, 0.5, 0.15 * lung_scale, 0.3 * lung_scale)] = 2
+    lab[ellipse(h, w, 0.7, 0.5, 0.15 * lung_scale, 0.3 * lung_scale)] = 3
+    lab[ellipse(h, w, 0.5, 0.65, 0.12, 0.12)] = 1
+    return lab
+
+
+class PatternSegmenter(nn.Module):
+    """Stands in for a trained segmentation model: logits that spell a fixed label pattern at any input size."""
+
+    def __init__(self, config, pattern) -> None:
+        super().__init__()
+        self.config = config
+        self.pattern = pattern
+        self.calls = 0
+
+    def forward(self, pixel_values: torch.Tensor) -> SimpleNamespace:
+        self.calls += 1
+        h, w = pixel_values.shape[-2:]
+        lab = torch.from_numpy(self.pattern(h, w))
+        logits = 10.0 * nn.functional.one_hot(lab, 4).permute(2, 0, 1)[None].float()
+        return SimpleNamespace(logits=logits.to(pixel_values.device))
+
+
+def _classifier(config: PatchClassifierConfig, seed: int = 0) -> PatchClassifierForImageClassification:
+    torch.manual_seed(seed)
+    model = PatchClassifierForImageClassification(config)
+    # larger head weights than the init: distinct class probabilities and non-empty Grad-CAM maps
+    model.classifier.weight.data.normal_(0, 0.5)
+    return model.eval()
+
+
+@pytest.fixture
+def classifier(tiny_classifier_config):
+    return _classifier(tiny_classifier_config)
+
+
+@pytest.fixture
+def global_classifier():
+    return _classifier(PatchClassifierConfig(mode="global", input_size=64), seed=1)
+
+
+@pytest.fixture
+def pipe(tiny_fcdensenet_config, classifier):
+    return CXRPipeline(PatternSegmenter(tiny_fcdensenet_config, chest_labels), classifier, device="cpu", chunk_size=3)
+
+
+@pytest.fixture
+def image() -> np.ndarray:
+    return synthetic_cxr(np.random.default_rng(0), 200, 180)
+
+
+def test_result_fields_shapes_and_ranges(tiny_fcdensenet_config, classifier, global_classifier, image):
+    pipe = CXRPipeline(PatternSegmenter(tiny_fcdensenet_config, chest_labels), classifier, global_classifier)
+    r = pipe(image, k=10, seed=0, saliency_classes="all")
+    assert isinstance(r, PipelineResult)
+    assert r.device == "cpu" and r.k == 10 and r.patch_size == 64 and r.image_size == (200, 180)
+    assert r.class_names == CLASSES and r.label in CLASSES
+    assert sum(r.votes.values()) == 10 and r.votes[r.label] == max(r.votes.values())
+    assert sum(r.vote_fraction.values()) == pytest.approx(1.0)
+    assert sum(r.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert r.patch_probabilities.shape == (10, 4) and r.patch_probabilities.dtype == np.float32
+    np.testing.assert_allclose(r.patch_probabilities.sum(1), 1, atol=1e-5)
+    assert r.probabilities["normal"] == pytest.approx(float(r.patch_probabilities[:, 0].mean()), abs=1e-6)
+    # segmentation at the original size
+    assert r.label_map.shape == (200, 180) and r.label_map.dtype == np.uint8
+    assert set(np.unique(r.label_map)) == {0, 1, 2, 3}
+    np.testing.assert_array_equal(r.lung_mask, np.isin(r.label_map, [2, 3]))
+    assert (r.label_map == chest_labels(200, 180)).mean() > 0.95  # the 64 px pattern, upsampled
+    # boxes: exact size in the 256 frame, scaled to original pixels
+    assert r.patch_boxes_1024.shape == (10, 4) and r.patch_boxes.shape == (10, 4)
+    assert (r.patch_boxes_1024[:, 2:] - r.patch_boxes_1024[:, :2] == 64).all()
+    np.testing.assert_allclose(r.patch_boxes[:, 2] - r.patch_boxes[:, 0], 64 * 180 / 256)
+    np.testing.assert_allclose(r.patch_boxes[:, 3] - r.patch_boxes[:, 1], 64 * 200 / 256)
+    assert (r.patch_boxes >= 0).all() and (r.patch_boxes[:, [2, 3]] <= [180, 200]).all()
+    # saliency for every class, at the original size, in [0, 1]
+    assert list(r.saliency) == CLASSES and list(r.saliency_in_lung) == CLASSES
+    for name, m in r.saliency.items():
+        assert m.shape == (200, 180) and m.dtype == np.float32
+        assert m.min() >= 0 and m.max() <= 1 + 1e-6
+        share = r.saliency_in_lung[name]
+        assert (0 <= share <= 1) or (math.isnan(share) and m.max() == 0)
+    assert r.saliency[r.label].max() > 0
+    # global classifier
+    assert r.global_label in CLASSES
+    assert sum(r.global_probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert r.global_label in r.global_saliency and set(r.global_saliency) == set(CLASSES)
+    for m in r.global_saliency.values():
+        assert m.shape == (200, 180) and m.min() >= 0 and m.max() <= 1 + 1e-6
+    # biomarkers and timings
+    assert 0.3 < r.biomarkers.cardiothoracic_ratio < 0.7
+    assert 0.2 < r.biomarkers.lung_area_fraction < 0.4
+    assert 0 <= r.biomarkers.lung_mean_intensity <= 255
+    for stage in ("load", "preprocess", "segment", "sample", "classify", "saliency", "global", "total"):
+        assert r.timings[stage] >= 0
+    assert r.warnings == []
+
+
+def test_same_seed_same_result_other_seed_other_boxes(pipe, image):
+    a = pipe(image, k=12, seed=3, saliency_classes="all")
+    b = pipe(image, k=12, seed=3, saliency_classes="all")
+    c = pipe(image, k=12, seed=4)
+    assert a.votes == b.votes and a.label == b.label
+    np.testing.assert_array_equal(a.patch_boxes_1024, b.patch_boxes_1024)
+    np.testing.assert_array_equal(a.patch_probabilities, b.patch_probabilities)
+    for name in CLASSES:
+        np.testing.assert_array_equal(a.saliency[name], b.saliency[name])
+    assert not np.array_equal(a.patch_boxes_1024, c.patch_boxes_1024)
+
+
+def test_prepare_then_analyze_equals_call(pipe, image):
+    prepared = pipe.prepare(image)
+    assert isinstance(prepared, PreparedImage)
+    calls = pipe.segmentation_model.calls
+    r1 = pipe.analyze(prepared, k=9, seed=1)
+    r2 = pipe.analyze(prepared, k=9, seed=1, saliency_classes=["normal", 3])
+    assert pipe.segmentation_model.calls == calls  # analyze never segments again
+    full = pipe(image, k=9, seed=1)
+    assert r1.votes == full.votes
+    np.testing.assert_array_equal(r1.saliency[r1.label], full.saliency[full.label])
+    assert list(r2.saliency) == ["normal", "viral_covid"]
+    assert r1.timings["analyze"] <= r1.timings["total"]
+
+
+def test_frames_follow_the_image_processors(pipe, image):
+    """The shared-preprocessing shortcut equals the processors' own preprocess_one (one definition of the paper's
+    preprocessing)."""
+    from cxr_hub.pipeline import _normalised_frame
+
+    prepared = pipe.prepare(image)
+    expected = pipe.classifier_processor.preprocess_one(image, prepared.lung_mask)
+    np.testing.assert_allclose(prepared.frame, expected, atol=1e-5)
+    seg_proc = pipe.segmentation_processor
+    seg_input = _normalised_frame(seg_proc, prepared.preprocessed, None)
+    np.testing.assert_allclose(seg_input, seg_proc.preprocess_one(image), atol=1e-5)
+    assert seg_input.shape == (64, 64)
+    assert prepared.frame.shape == (256, 256) and prepared.frame_mask.shape == (256, 256)
+    # outside the lung the frame holds the normalised zero gray level
+    zero = (0 - pipe.classifier_config.image_mean) / pipe.classifier_config.image_std
+    np.testing.assert_allclose(prepared.frame[~prepared.frame_mask], zero)
+
+
+def test_sampled_centres_lie_in_the_lung(pipe, image):
+    prepared = pipe.prepare(image)
+    r = pipe.analyze(prepared, k=200, seed=5)
+    cx, cy = r.patch_centers_1024[:, 0], r.patch_centers_1024[:, 1]
+    assert prepared.frame_mask[cy, cx].all()
+    b = r.patch_boxes_1024
+    assert (b[:, :2] >= 0).all() and (b[:, 2:] <= 256).all()
+
+
+def test_patch_size_other_than_trained_is_flagged_and_cropped_at_that_size(pipe, image):
+    r = pipe(image, k=6, patch_size=96)
+    assert (r.patch_boxes_1024[:, 2:] - r.patch_boxes_1024[:, :2] == 96).all()
+    assert any("patch size 96 differs" in w and "64" in w for w in r.warnings)
+    assert r.saliency[r.label].shape == (200, 180)
+    with pytest.raises(ValueError, match="patch_size"):
+        pipe(image, k=2, patch_size=300)
+
+
+def test_untrained_classes_are_listed(tiny_fcdensenet_config, image):
+    config = PatchClassifierConfig(
+        image_size=256, patch_size=64, input_size=64, num_patches=4, trained_classes=["normal", "viral_covid"]
+    )
+    pipe = CXRPipeline(PatternSegmenter(tiny_fcdensenet_config, chest_labels), _classifier(config))
+    r = pipe(image)
+    assert r.k == 4  # K from the config
+    assert any("never trained" in w and "bacterial, tuberculosis" in w for w in r.warnings)
+
+
+def test_saliency_class_selection(pipe, image):
+    prepared = pipe.prepare(image)
+    assert list(pipe.analyze(prepared, k=4).saliency) == [pipe.analyze(prepared, k=4).label]
+    assert list(pipe.analyze(prepared, k=4, saliency_classes="bacterial,normal").saliency) == ["bacterial", "normal"]
+    with pytest.raises(ValueError, match="Unknown saliency class"):
+        pipe.analyze(prepared, k=4, saliency_classes="covid")
+
+
+def test_no_lung_raises_a_clear_input_error(tiny_fcdensenet_config, classifier, image):
+    pipe = CXRPipeline(PatternSegmenter(tiny_fcdensenet_config, lambda h, w: np.zeros((h, w), np.int64)), classifier)
+    with pytest.raises(CXRInputError, match="frontal"):
+        pipe(image)
+
+
+def test_background_favouring_segmentation_model_raises(tiny_fcdensenet_config, classifier, image):
+    torch.manual_seed(0)
+    seg = FCDenseNetForSemanticSegmentation(tiny_fcdensenet_config)
+    with torch.no_grad():
+        seg.classifier.weight.zero_()
+        seg.classifier.bias.copy_(torch.tensor([5.0, 0.0, 0.0, 0.0]))
+    with pytest.raises(CXRInputError, match="No lung found"):
+        CXRPipeline(seg, classifier)(image)
+
+
+def test_too_little_lung_warns_but_works(tiny_fcdensenet_config, classifier, image):
+    small = PatternSegmenter(tiny_fcdensenet_config, lambda h, w: chest_labels(h, w, lung_scale=0.25))
+    r = CXRPipeline(small, classifier)(image, k=5)
+    assert r.biomarkers.lung_area_fraction < 0.05
+    assert any("too little lung" in w and "unreliable" in w for w in r.warnings)
+    assert r.lung_mask[r.patch_boxes[:, 1:4:2].mean(1).astype(int), r.patch_boxes[:, 0:3:2].mean(1).astype(int)].any()
+
+
+def test_lung_touching_the_border(tiny_fcdensenet_config, classifier, image):
+    def border(h: int, w: int) -> np.ndarray:
+        lab = np.zeros((h, w), np.int64)
+        lab[:, : w // 5] = 2
+        lab[: h // 6, -w // 5 :] = 3
+        return lab
+
+    r = CXRPipeline(PatternSegmenter(tiny_fcdensenet_config, border), classifier)(image, k=50, seed=2)
+    b = r.patch_boxes_1024
+    assert (b[:, :2] >= 0).all() and (b[:, 2:] <= 256).all() and (b[:, 2:] - b[:, :2] == 64).all()
+    assert any("no heart" in w for w in r.warnings) and math.isnan(r.biomarkers.cardiothoracic_ratio)
+
+
+def test_batched_saliency_equals_per_patch_autograd(pipe, image):
+    """Chunked, channels_last voting pass + backward-free maps equal a textbook Grad-CAM of each patch."""
+    prepared = pipe.prepare(image)
+    r = pipe.analyze(prepared, k=7, seed=0)
+    probs, cams = pipe.classify_patches(prepared.frame, r.patch_boxes_1024)
+    model = pipe.classifier_model
+    from cxr_hub.patches import crop_patches
+
+    x = crop_patches(torch.from_numpy(prepared.frame), r.patch_boxes_1024, 64)
+    ref = reference_gradcam(model, x, list(range(4)), normalize=False)
+    torch.testing.assert_close(cams, ref, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(probs, torch.softmax(model(x).logits, -1), rtol=1e-4, atol=1e-5)
+
+
+def test_to_dict_is_json_serialisable(pipe, image):
+    r = pipe(image, k=5, saliency_classes="all")
+    d = r.to_dict()
+    text = json.dumps(d, allow_nan=False)
+    assert "label_map" not in d and len(text) < 20_000
+    assert d["label"] == r.label and len(d["patch_boxes"]) == 5
+    full = r.to_dict(include_maps=True)
+    json.dumps(full, allow_nan=False)
+    assert np.array(full["label_map"]).shape == (200, 180)
+
+
+def test_constructor_validation(tiny_fcdensenet_config, classifier, global_classifier):
+    seg = PatternSegmenter(tiny_fcdensenet_config, chest_labels)
+    with pytest.raises(ValueError, match="precision"):
+        CXRPipeline(seg, classifier, precision="fp16")
+    with pytest.raises(ValueError, match="mode"):
+        CXRPipeline(seg, global_classifier)
+    with pytest.raises(ValueError, match="mode"):
+        CXRPipeline(seg, classifier, classifier)
+    with pytest.raises(TypeError):
+        CXRPipeline(seg, seg)
+
+
+def _save_models(tmp_path, tiny_fcdensenet_config, classifier):
+    torch.manual_seed(0)
+    seg = FCDenseNetForSemanticSegmentation(tiny_fcdensenet_config)
+    with torch.no_grad():  # random weights, lungs favoured so the label map has lung (and some heart)
+        seg.classifier.bias.copy_(torch.tensor([0.0, 0.0, 0.5, 0.5]))
+    seg.save_pretrained(tmp_path / "seg")
+    classifier.save_pretrained(tmp_path / "clf")
+    return tmp_path / "seg", tmp_path / "clf"
+
+
+def test_from_pretrained_and_predict_cli(tmp_path, tiny_fcdensenet_config, classifier, image, capsys):
+    seg_dir, clf_dir = _save_models(tmp_path, tiny_fcdensenet_config, classifier)
+    pipe = CXRPipeline.from_pretrained(seg_dir, clf_dir, device="cpu", chunk_size=4)
+    assert not pipe.classifier_model.training and pipe.chunk_size == 4
+    from PIL import Image
+
+    Image.fromarray(image).save(tmp_path / "cxr.png")
+    out = tmp_path / "out"
+    code = cli_main(
+        [
+            "predict", str(tmp_path / "cxr.png"), "--segmentation", str(seg_dir), "--classifier", str(clf_dir),
+            "--k", "6", "--saliency-classes", "all", "--out", str(out), "--device", "cpu",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["k"] == 6 and result["label"] in CLASSES and "cxr.png" not in json.dumps(result)
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert "segmentation.png" in pngs and len([p for p in pngs if p.startswith("saliency_")]) == 4
+    assert Image.open(out / "segmentation.png").size == (180, 200)
+    assert "label:" in capsys.readouterr().out
+
+
+def test_predict_cli_missing_models_exits_2(tmp_path, capsys, image, monkeypatch):
+    from PIL import Image
+
+    from cxr_hub import commands
+
+    Image.fromarray(image).save(tmp_path / "cxr.png")
+    code = cli_main(["predict", str(tmp_path / "cxr.png"), "--classifier", str(tmp_path / "nope")])
+    assert code == 2
+    assert "--classifier" in capsys.readouterr().err
+    # no default model folders (nothing trained is shipped yet): a clear message, never random weights
+    monkeypatch.setattr(commands, "DEFAULT_SEGMENTATION", tmp_path / "models" / "seg")
+    monkeypatch.setattr(commands, "DEFAULT_CLASSIFIER", tmp_path / "models" / "clf")
+    code = cli_main(["predict", str(tmp_path / "cxr.png"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "ships no trained models" in err and "--segmentation" in err and "--classifier" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(tiny_fcdensenet_config, tiny_classifier_config, image):
+    """On CUDA (bf16 autocast by default) the vote and maps agree with the CPU fp32 run up to bf16 rounding."""
+    seg = PatternSegmenter(tiny_fcdensenet_config, chest_labels)
+    cpu = CXRPipeline(seg, _classifier(tiny_classifier_config), device="cpu")(image, k=16, saliency_classes="all")
+    gpu_pipe = CXRPipeline(seg, _classifier(tiny_classifier_config), device="cuda")
+    gpu = gpu_pipe(image, k=16, saliency_classes="all")
+    assert gpu.device.startswith("cuda")
+    np.testing.assert_array_equal(gpu.patch_boxes_1024, cpu.patch_boxes_1024)
+    np.testing.assert_allclose(gpu.patch_probabilities, cpu.patch_probabilities, atol=0.05)
+    for name in CLASSES:
+        assert np.abs(gpu.saliency[name] - cpu.saliency[name]).mean() < 0.05

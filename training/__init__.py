@@ -1,0 +1,1 @@
+"""Training scripts for cxr-hub (segmentation, classifiers) and their shared data layer."""
