@@ -18,7 +18,8 @@ from .configuration_fcdensenet import FCDENSENET_PRESETS, SEGMENTATION_LABELS, F
 from .configuration_patch_classifier import LABEL_SETS, MODES, PatchClassifierConfig
 from .configuration_unet import UNetConfig
 from .image_processing_cxr import CXRImageProcessor, CXRInputError
-from .modeling_fcdensenet import FCDenseNetForSemanticSegmentation, weighted_segmentation_loss
+from .modeling_common import weighted_segmentation_loss
+from .modeling_fcdensenet import FCDenseNetForSemanticSegmentation
 from .modeling_patch_classifier import PatchClassifierForImageClassification
 from .modeling_unet import UNetForSemanticSegmentation
 

@@ -6,6 +6,8 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from .configuration_common import checked_class_weights, fill_label_maps
+
 SEGMENTATION_LABELS = {0: "background", 1: "heart", 2: "left_lung", 3: "right_lung"}
 
 # (down-path layers per block, bottleneck layers, growth rate), from Jégou et al. 2017, Table 2.
@@ -62,14 +64,7 @@ class FCDenseNetConfig(PretrainedConfig):
         self.num_channels = int(num_channels)
         self.image_size = int(image_size)
         self.semantic_loss_ignore_index = int(semantic_loss_ignore_index)
-        if kwargs.get("id2label") is None:
-            kwargs["id2label"] = dict(SEGMENTATION_LABELS)
-        if kwargs.get("label2id") is None:
-            kwargs["label2id"] = {v: int(k) for k, v in kwargs["id2label"].items()}
-        super().__init__(**kwargs)
-        n = len(self.id2label)
-        self.class_weights = [float(w) for w in class_weights] if class_weights is not None else [1.0] * n
-        if len(self.class_weights) != n:
-            raise ValueError(f"class_weights has {len(self.class_weights)} entries but there are {n} classes.")
+        super().__init__(**fill_label_maps(kwargs, SEGMENTATION_LABELS))
+        self.class_weights = checked_class_weights(class_weights, len(self.id2label))
         if not self.down_blocks or min(self.down_blocks) < 1 or self.bottleneck_layers < 1:
             raise ValueError("down_blocks and bottleneck_layers must be positive.")

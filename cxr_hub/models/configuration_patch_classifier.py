@@ -6,6 +6,8 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from .configuration_common import fill_label_maps
+
 LABEL_SETS: dict[str, tuple[str, ...]] = {
     # the paper's four classes; COVID-19 and other viral pneumonia are merged as in the paper
     "label4": ("normal", "bacterial", "tuberculosis", "viral_covid"),
@@ -82,11 +84,8 @@ class PatchClassifierConfig(PretrainedConfig):
         self.gamma = gamma
         self.do_equalize = bool(do_equalize)
         self.pretrained_source = pretrained_source
-        if kwargs.get("id2label") is None:
-            kwargs["id2label"] = dict(enumerate(LABEL_SETS[label_set]))
-        if kwargs.get("label2id") is None:
-            kwargs["label2id"] = {v: int(k) for k, v in kwargs["id2label"].items()}
-        super().__init__(**kwargs)
+        default_labels = dict(enumerate(LABEL_SETS.get(label_set, ())))
+        super().__init__(**fill_label_maps(kwargs, default_labels))
         self.trained_classes = list(trained_classes) if trained_classes is not None else list(self.label2id)
         unknown = set(self.trained_classes) - set(self.label2id)
         if unknown:

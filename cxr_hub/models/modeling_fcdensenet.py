@@ -6,14 +6,18 @@ Self-contained for ``trust_remote_code``: imports only torch, transformers and i
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
-from transformers import initialization as init
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from .configuration_fcdensenet import FCDenseNetConfig
-from .hub_mixin import AutoMapMixin
+from .modeling_common import (
+    AutoMapMixin,
+    check_pixel_values,
+    init_module_weights,
+    pad_to_multiple,
+    weighted_segmentation_loss,
+)
 
 
 class DenseLayer(nn.Sequential):
@@ -79,36 +83,7 @@ class FCDenseNetPreTrainedModel(AutoMapMixin, PreTrainedModel):
     main_input_name = "pixel_values"
 
     def _init_weights(self, module: nn.Module) -> None:
-        # transformers' init helpers skip tensors already loaded from a checkpoint; torch.nn.init would not.
-        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-            init.kaiming_uniform_(module.weight, nonlinearity="relu")
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-            init.zeros_(module.running_mean)
-            init.ones_(module.running_var)
-
-
-def weighted_segmentation_loss(
-    logits: torch.Tensor, labels: torch.Tensor, class_weights: list[float] | torch.Tensor, ignore_index: int = 255
-) -> torch.Tensor:
-    """Class-weighted cross-entropy over pixels.
-
-    Args:
-        logits: (B, C, H, W) raw scores.
-        labels: (B, H, W) int64 class indices (``ignore_index`` pixels excluded).
-        class_weights: C weights.
-        ignore_index: label value to ignore.
-
-    Returns:
-        Scalar loss (weighted mean over non-ignored pixels, as ``torch.nn.functional.cross_entropy``).
-    """
-    if labels.shape[-2:] != logits.shape[-2:]:
-        raise ValueError(f"labels {tuple(labels.shape)} and logits {tuple(logits.shape)} differ in size.")
-    weight = torch.as_tensor(class_weights, dtype=logits.dtype, device=logits.device)
-    return F.cross_entropy(logits, labels.long(), weight=weight, ignore_index=ignore_index)
+        init_module_weights(module)
 
 
 class FCDenseNetForSemanticSegmentation(FCDenseNetPreTrainedModel):
@@ -165,14 +140,9 @@ class FCDenseNetForSemanticSegmentation(FCDenseNetPreTrainedModel):
         Returns:
             SemanticSegmenterOutput with ``logits`` (B, num_labels, H, W) and ``loss`` when labels are given.
         """
-        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
-            raise ValueError(
-                f"pixel_values must be (B, {self.config.num_channels}, H, W), got {tuple(pixel_values.shape)}."
-            )
+        check_pixel_values(pixel_values, self.config.num_channels)
         h, w = pixel_values.shape[-2:]
-        d = self.size_divisor
-        pad_h, pad_w = (-h) % d, (-w) % d
-        x = F.pad(pixel_values, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else pixel_values
+        x = pad_to_multiple(pixel_values, self.size_divisor)
         x = self.first_conv(x)
         skips = []
         for block, down in zip(self.down_blocks, self.transitions_down, strict=True):

@@ -12,11 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
-from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 
 from .configuration_patch_classifier import PatchClassifierConfig
-from .hub_mixin import AutoMapMixin
+from .modeling_common import AutoMapMixin, check_pixel_values, init_module_weights
 
 
 class PatchClassifierPreTrainedModel(AutoMapMixin, PreTrainedModel):
@@ -27,20 +26,7 @@ class PatchClassifierPreTrainedModel(AutoMapMixin, PreTrainedModel):
     main_input_name = "pixel_values"
 
     def _init_weights(self, module: nn.Module) -> None:
-        # transformers' init helpers skip tensors already loaded from a checkpoint; torch.nn.init would not.
-        if isinstance(module, nn.Conv2d):
-            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-            init.zeros_(module.running_mean)
-            init.ones_(module.running_var)
-        elif isinstance(module, nn.Linear):
-            init.normal_(module.weight, std=0.01)
-            if module.bias is not None:
-                init.zeros_(module.bias)
+        init_module_weights(module, conv_init="kaiming_normal_fan_out")
 
 
 class PatchClassifierForImageClassification(PatchClassifierPreTrainedModel):
@@ -70,10 +56,7 @@ class PatchClassifierForImageClassification(PatchClassifierPreTrainedModel):
         Returns:
             (B, num_features, S/32, S/32) feature maps (after the final ReLU).
         """
-        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
-            raise ValueError(
-                f"pixel_values must be (B, {self.config.num_channels}, H, W), got {tuple(pixel_values.shape)}."
-            )
+        check_pixel_values(pixel_values, self.config.num_channels)
         return self.backbone.forward_features(pixel_values)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:

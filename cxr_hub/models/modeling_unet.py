@@ -6,12 +6,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
-from transformers import initialization as init
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from .configuration_unet import UNetConfig
-from .hub_mixin import AutoMapMixin
-from .modeling_fcdensenet import weighted_segmentation_loss
+from .modeling_common import (
+    AutoMapMixin,
+    check_pixel_values,
+    init_module_weights,
+    pad_to_multiple,
+    weighted_segmentation_loss,
+)
 
 
 class DoubleConv(nn.Sequential):
@@ -36,15 +40,7 @@ class UNetPreTrainedModel(AutoMapMixin, PreTrainedModel):
     main_input_name = "pixel_values"
 
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-            init.kaiming_uniform_(module.weight, nonlinearity="relu")
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-            init.zeros_(module.running_mean)
-            init.ones_(module.running_var)
+        init_module_weights(module)
 
 
 class UNetForSemanticSegmentation(UNetPreTrainedModel):
@@ -79,14 +75,9 @@ class UNetForSemanticSegmentation(UNetPreTrainedModel):
         self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, return_dict: bool | None = None
     ) -> SemanticSegmenterOutput:
         """Segments a batch; see ``FCDenseNetForSemanticSegmentation.forward`` for shapes and the loss."""
-        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
-            raise ValueError(
-                f"pixel_values must be (B, {self.config.num_channels}, H, W), got {tuple(pixel_values.shape)}."
-            )
+        check_pixel_values(pixel_values, self.config.num_channels)
         h, w = pixel_values.shape[-2:]
-        d = self.size_divisor
-        pad_h, pad_w = (-h) % d, (-w) % d
-        x = F.pad(pixel_values, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else pixel_values
+        x = pad_to_multiple(pixel_values, self.size_divisor)
         skips = []
         for enc in self.encoders:
             x = enc(x)
