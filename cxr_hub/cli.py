@@ -13,12 +13,13 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     """Builds the top-level parser with every subcommand."""
-    from . import commands, evaluation, hub
+    from . import classification, commands, evaluation, hub
 
     parser = argparse.ArgumentParser(prog="python -m cxr_hub", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser(sub)
     evaluation.add_parser(sub)
+    classification.add_parser(sub)
     hub.add_parser(sub)
     return parser
 

@@ -1,0 +1,333 @@
+"""The classifier training loop, its data cache and the device pack, on tiny models and synthetic data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_synthetic_manifest
+
+import cxr_hub.patches
+from cxr_hub import CXRPipeline, FCDenseNetForSemanticSegmentation, PatchClassifierForImageClassification
+from cxr_hub.manifest import read_manifest
+from training import train_classifier as tc
+from training.classifier_data import (
+    ClassifierData,
+    build_cache,
+    load_cached_data,
+    load_pack,
+    masked_frame,
+    normalise,
+    read_cached,
+    require_segmentation,
+    write_cached,
+)
+from training.data import manifest_fingerprint
+from training.pack_classifier_data import write_pack
+
+LABEL4 = ["normal", "bacterial", "tuberculosis", "viral_covid"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny models gain nothing from threads, and on a shared CPU OpenMP barriers can make them 30x slower
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _ellipses(size: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    return (((xx - 0.3) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1) | (
+        ((xx - 0.7) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1
+    )
+
+
+def synthetic_data(n: int = 6, size: int = 256, seed: int = 0, labels: list[int] | None = None) -> ClassifierData:
+    """Masked uint8 frames whose texture depends on the class; no tuberculosis (index 2) unless asked."""
+    rng = np.random.default_rng(seed)
+    labels = labels if labels is not None else [[0, 1, 3][i % 3] for i in range(n)]
+    mask = _ellipses(size)
+    frames = []
+    for lab in labels:
+        base = 60 + 50 * lab + rng.normal(0, 20, (size, size))
+        frames.append(masked_frame(np.clip(base, 0, 255).astype(np.uint8), mask))
+    return ClassifierData(
+        ids=[f"img{i}" for i in range(len(labels))],
+        labels=np.asarray(labels, dtype=np.int64),
+        class_names=list(LABEL4),
+        sources=["alpha" if i % 2 == 0 else "beta" for i in range(len(labels))],
+        patients=[f"p{i // 2}" for i in range(len(labels))],
+        frames=np.stack(frames),
+        masks=np.stack([mask] * len(labels)),
+    )
+
+
+def _config(tmp_path, **kw) -> tc.ClassifierTrainConfig:
+    base = dict(
+        image_size=256,
+        patch_size=64,
+        input_size=64,
+        num_patches=4,
+        val_patches=3,
+        batch_size=4,
+        lr=1e-3,
+        epochs=3,
+        max_steps_per_epoch=1,
+        augment=False,
+        overfit_one_batch=True,
+        amp="none",
+        device="cpu",
+        run_dir=str(tmp_path / "run"),
+        out=str(tmp_path / "out"),
+    )
+    return tc.ClassifierTrainConfig(**(base | kw))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["patch", "global"])
+def test_loss_goes_down_and_checkpoints(tmp_path, mode):
+    data = synthetic_data()
+    summary = tc.train(_config(tmp_path, mode=mode), data, data.subset([0, 1, 2]))
+    losses = [h["train_loss"] for h in summary["history"]]
+    assert len(losses) == 3 and losses[-1] < losses[0], losses
+    assert all(h["train_l1"] > 0 for h in summary["history"])  # the L1 penalty is part of the loss
+    assert summary["trained_classes"] == ["normal", "bacterial", "viral_covid"]
+    assert summary["untrained_classes"] == ["tuberculosis"]
+    best = PatchClassifierForImageClassification.from_pretrained(tmp_path / "run" / "best")
+    assert best.config.mode == mode and best.config.trained_classes == ["normal", "bacterial", "viral_covid"]
+    assert best.config.id2label == dict(enumerate(LABEL4))  # the class stays in the head
+    assert (tmp_path / "run" / "last" / "training_state.pt").is_file()
+    json.dumps(summary)  # saved beside the model: it must serialise
+
+
+@pytest.mark.slow
+def test_training_resumes(tmp_path):
+    data = synthetic_data()
+    kw = dict(overfit_one_batch=False, augment=True)
+    first = tc.train(_config(tmp_path, epochs=1, **kw), data, data.subset([0, 1, 2]))
+    resumed = tc.train(_config(tmp_path, epochs=2, **kw), data, data.subset([0, 1, 2]), resume=True)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    assert resumed["history"][0] == first["history"][0]
+    with pytest.raises(SystemExit, match="nothing to resume"):
+        tc.train(_config(tmp_path / "other", epochs=1), data, data, resume=True)
+
+
+@pytest.mark.slow
+def test_training_and_validation_use_the_pipeline_sampler(tmp_path, monkeypatch):
+    calls = {"sample": [], "crop": 0, "vote": 0}
+    sample, crop, vote = cxr_hub.patches.sample_patch_boxes, cxr_hub.patches.crop_patches, cxr_hub.patches.majority_vote
+
+    def spy_sample(mask, k, patch_size, rng=None, mode="joint"):
+        calls["sample"].append((mask.shape, k, patch_size))
+        return sample(mask, k, patch_size, rng, mode=mode)
+
+    def spy_crop(*a, **kw):
+        calls["crop"] += 1
+        return crop(*a, **kw)
+
+    def spy_vote(*a, **kw):
+        calls["vote"] += 1
+        return vote(*a, **kw)
+
+    monkeypatch.setattr(cxr_hub.patches, "sample_patch_boxes", spy_sample)
+    monkeypatch.setattr(cxr_hub.patches, "crop_patches", spy_crop)
+    monkeypatch.setattr(cxr_hub.patches, "majority_vote", spy_vote)
+    data = synthetic_data()
+    tc.train(_config(tmp_path, epochs=1, overfit_one_batch=False), data, data.subset([0, 1]))
+    assert calls["sample"] and all(shape == (256, 256) and p == 64 for shape, _, p in calls["sample"])
+    assert [k for _, k, _ in calls["sample"][-2:]] == [3, 3]  # validation: one call per image, K = val_patches
+    assert calls["crop"] >= 4 + 2 and calls["vote"] == 2  # 4 training draws (batch 4, P = 1) + 2 validation images
+
+
+def test_epoch_draws_are_balanced_deterministic_and_in_the_lung():
+    data = synthetic_data(n=8, labels=[0, 0, 0, 0, 0, 0, 1, 3])
+    config = tc.ClassifierTrainConfig(image_size=256, patch_size=64, input_size=64, patches_per_image=2)
+    maker = tc.InputMaker(data, config, torch.device("cpu"))
+    a, b = tc.epoch_draws(maker, config, 1), tc.epoch_draws(maker, config, 1)
+    assert [i for i, _ in a] == [i for i, _ in b]
+    assert all(np.array_equal(x, y) for (_, x), (_, y) in zip(a, b, strict=True))
+    assert [i for i, _ in tc.epoch_draws(maker, config, 2)] != [i for i, _ in a]
+    assert len(a) == 8 and all(boxes.shape == (2, 4) for _, boxes in a)
+    centres = np.concatenate([(bx[:, :2] + 32) for _, bx in a])
+    assert data.masks[0][centres[:, 1], centres[:, 0]].all()
+    p = tc.class_balanced_probabilities(data.labels, 4)
+    np.testing.assert_allclose(p, [1 / 18] * 6 + [1 / 3, 1 / 3])
+    x, y = tc.make_batch(maker, a[:3], None)
+    assert x.shape == (6, 1, 64, 64) and y.tolist() == [int(data.labels[i]) for i, _ in a[:3] for _ in range(2)]
+    zero = (0 - config.image_mean) / config.image_std
+    assert torch.isclose(x.min(), torch.tensor(zero)) or x.min() >= zero  # outside the lung: 0 gray, normalised
+
+
+def test_jitter_keeps_the_outside_at_zero_and_l1_params():
+    x = torch.rand(4, 1, 8, 8)
+    x[:, :, :2] = 0
+    out = tc.jitter(x, np.random.default_rng(0))
+    assert (out[:, :, :2] == 0).all() and out.min() >= 0 and out.max() <= 1 and not torch.equal(out, x)
+    model = tc.build_model(tc.ClassifierTrainConfig(image_size=256, patch_size=64, input_size=64), ["normal"])
+    assert model.config.trained_classes == ["normal"]
+    params = tc.l1_parameters(model)
+    convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len(params) == len(convs) and all(p.ndim > 1 for p in params)  # weights only: no bias, no batch norm
+
+
+def test_pretrained_imagenet_is_loaded_or_explained(monkeypatch):
+    config = tc.ClassifierTrainConfig(image_size=256, patch_size=64, input_size=64, pretrained="imagenet")
+    loaded = []
+    monkeypatch.setattr(PatchClassifierForImageClassification, "load_imagenet_weights", lambda self: loaded.append(1))
+    tc.build_model(config, ["normal"])
+    tc.build_model(config, ["normal"], load_pretrained=False)  # resuming: the checkpoint replaces them
+    assert loaded == [1]
+
+    def offline(self):
+        raise OSError("no internet")
+
+    monkeypatch.setattr(PatchClassifierForImageClassification, "load_imagenet_weights", offline)
+    with pytest.raises(SystemExit, match="--pretrained none"):
+        tc.build_model(config, ["normal"])
+
+
+def test_cli_overrides_and_validation(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 7\nlr: 0.001\n")
+    config, resume = tc.parse_config(["--config", str(cfg), "--lr", "0.002", "--mode", "global", "--no-augment"])
+    assert (config.epochs, config.lr, config.mode, config.augment, resume) == (7, 0.002, "global", False, False)
+    assert str(config.resolved_out()) == "models/cxr-global-resnet18"
+    assert str(tc.parse_config(["--task", "label3"])[0].resolved_out()) == "models/cxr-patch-resnet18-covidx"
+    assert tc.parse_config([])[0].resolved_out().name == "cxr-patch-resnet18"
+    for bad in (["--task", "label5"], ["--pretrained", "places365"], ["--mode", "tiles"]):
+        with pytest.raises(SystemExit):
+            tc.parse_config(bad)
+
+
+# ------------------------------------------------------------------------------------------------- cache and pack
+
+
+def _lung_segmenter(tmp_path, tiny_fcdensenet_config):
+    """A saved tiny FC-DenseNet that labels lung everywhere it is unsure (random weights, strong lung bias)."""
+    torch.manual_seed(0)
+    seg = FCDenseNetForSemanticSegmentation(tiny_fcdensenet_config)
+    with torch.no_grad():
+        seg.classifier.weight.mul_(0.1)
+        seg.classifier.bias.copy_(torch.tensor([0.0, 0.0, 4.0, 4.0]))
+    seg.save_pretrained(tmp_path / "seg")
+    return tmp_path / "seg"
+
+
+def _manifest_with_split(tmp_path):
+    manifest = write_synthetic_manifest(tmp_path / "data", n=9)
+    rows = read_manifest(manifest)
+    split = {r.id: ("train" if r.patient_id in ("p0", "p1", "p2") else "val" if r.patient_id == "p3" else "test")
+             for r in rows}  # fmt: skip
+    payload = {"seed": 0, "manifest_fingerprint": manifest_fingerprint(rows), "splits": {"classification": split}}
+    (tmp_path / "split.json").write_text(json.dumps(payload))
+    return manifest, rows, split
+
+
+def test_missing_segmentation_model_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train_segmentation"):
+        require_segmentation(tmp_path / "nope")
+
+
+@pytest.mark.slow
+def test_cached_frames_equal_the_pipeline_frames(tmp_path, tiny_fcdensenet_config, tiny_classifier_config):
+    seg_dir = _lung_segmenter(tmp_path, tiny_fcdensenet_config)
+    _, rows, _ = _manifest_with_split(tmp_path)
+    result = build_cache(rows[:2], seg_dir, tmp_path / "cache", image_size=256, progress=False)
+    assert result.built == 2 and not result.failures
+    again = build_cache(rows[:2], seg_dir, tmp_path / "cache", image_size=256, progress=False)
+    assert again.built == 0 and again.reused == 2 and again.folder == result.folder
+    seg = FCDenseNetForSemanticSegmentation.from_pretrained(seg_dir)
+    pipe = CXRPipeline(seg, PatchClassifierForImageClassification(tiny_classifier_config), device="cpu")
+    cfg = tiny_classifier_config
+    for row in rows[:2]:
+        prepared = pipe.prepare(row.image)
+        frame, mask = read_cached(result.folder, row.id)
+        np.testing.assert_array_equal(mask, prepared.frame_mask)  # exactly the pipeline's mask
+        train_input = normalise(masked_frame(frame, mask).astype(np.float32), cfg.image_mean, cfg.image_std)
+        # uint8 rounding: at most half a gray level
+        np.testing.assert_allclose(train_input, prepared.frame, atol=0.5 / 255 / cfg.image_std + 1e-5)
+    data, missing = load_cached_data(rows[:3], "label4", result.folder)
+    assert len(data) == 2 and missing == [rows[2].id]
+
+
+def test_pack_round_trip(tmp_path):
+    manifest = write_synthetic_manifest(tmp_path / "data", n=4)
+    rows = read_manifest(manifest)
+    rng = np.random.default_rng(0)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    mask = _ellipses(128)
+    frames = {}
+    for r in rows:
+        frames[r.id] = np.clip(rng.normal(120, 30, (128, 128)), 0, 255).astype(np.uint8)
+        write_cached(cache, r.id, frames[r.id], mask)
+    split = {r.id: s for r, s in zip(rows, ["train", "train", "val", "test"], strict=True)}
+    meta = {"image_size": 128, "do_equalize": True, "gamma": 0.5, "segmentation_fingerprint": "abc"}
+    pack = write_pack(rows, split, cache, tmp_path / "pack", max_mb=1.0, meta=meta, progress=False)
+    assert pack["total_bytes"] <= 2**20 and 40 <= pack["jpeg_quality"] <= 95
+    splits, read_meta = load_pack(tmp_path / "pack", "label4")
+    assert read_meta["segmentation_fingerprint"] == "abc"
+    assert {k: len(v) for k, v in splits.items()} == {"train": 2, "val": 1, "test": 1}
+    for data in splits.values():
+        for i, image_id in enumerate(data.ids):
+            np.testing.assert_array_equal(data.masks[i], mask)  # masks are lossless
+            assert (data.frames[i][~mask] == 0).all()  # re-masked: no JPEG ringing outside the lungs
+            diff = np.abs(data.frames[i].astype(int) - masked_frame(frames[image_id], mask).astype(int))[mask]
+            assert diff.mean() < 12, diff.mean()  # JPEG of noise: lossy, but close
+    with pytest.raises(ValueError, match="max-mb"):
+        write_pack(rows, split, cache, tmp_path / "pack2", max_mb=0.01, meta=meta, progress=False)
+
+
+@pytest.mark.slow
+def test_main_end_to_end_from_data_and_from_pack(tmp_path, tiny_fcdensenet_config):
+    seg_dir = _lung_segmenter(tmp_path, tiny_fcdensenet_config)
+    manifest, rows, split = _manifest_with_split(tmp_path)
+    common = [
+        "--image-size", "256", "--patch-size", "64", "--input-size", "64", "--num-patches", "4",
+        "--val-patches", "2", "--epochs", "1", "--batch-size", "2", "--no-augment", "--amp", "none",
+        "--device", "cpu", "--n-boot", "20", "--lr", "1e-3",
+    ]  # fmt: skip
+    out = tmp_path / "models" / "clf"
+    code = tc.main(
+        [
+            "--data", str(manifest.parent), "--split-file", str(tmp_path / "split.json"), "--segmentation",
+            str(seg_dir), "--cache-dir", str(tmp_path / "cache"), "--run-dir", str(tmp_path / "run"),
+            "--out", str(out), *common,
+        ]
+    )  # fmt: skip
+    assert code == 0
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "training_config.json"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["trained_classes"] == ["normal", "bacterial", "viral_covid"] and config["num_patches"] == 4
+    assert json.loads((out / "preprocessor_config.json").read_text())["size"] == 256
+    saved = json.loads((out / "training_config.json").read_text())
+    assert saved["data"]["counts"]["train"] == {"normal": 2, "bacterial": 2, "tuberculosis": 0, "viral_covid": 2}
+    assert saved["test"]["n"] == 1 and saved["test"]["k"] == 4 and "ci95" in saved["test"]
+    card = (out / "README.md").read_text()
+    assert "from scratch" in card.lower() and "tuberculosis" in card and "not for clinical use" in card.lower()
+    assert "accuracy_source_" in card  # accuracy per source in the card's metrics
+    assert (out / "model.safetensors").stat().st_size < 25 * 2**20  # fp16 ResNet-18
+    exported = PatchClassifierForImageClassification.from_pretrained(out).eval()
+    best = PatchClassifierForImageClassification.from_pretrained(tmp_path / "run" / "best").eval()
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x).logits, best(x).logits, atol=2e-2, rtol=2e-2)  # fp16 storage
+
+    # the same data through a pack, as on a GPU machine without the shared data
+    cache_folder = next((tmp_path / "cache" / "classifier").iterdir())
+    meta = json.loads((cache_folder / "meta.json").read_text())
+    write_pack(rows, split, cache_folder, tmp_path / "pack", max_mb=2.0, meta=meta, progress=False)
+    out2 = tmp_path / "models" / "clf2"
+    code = tc.main(
+        ["--pack", str(tmp_path / "pack"), "--run-dir", str(tmp_path / "run2"), "--out", str(out2), "--no-test-eval",
+         *common]
+    )  # fmt: skip
+    assert code == 0
+    saved2 = json.loads((out2 / "training_config.json").read_text())
+    assert saved2["data"]["counts"] == saved["data"]["counts"] and "pack" in saved2["data"]["source"]
+    assert saved2["test"] is None

@@ -1,0 +1,758 @@
+"""Train the patch-based (or global) chest X-ray classifier: the paper's section II-C recipe by default.
+
+ResNet-18 on the preprocessed images resized to 1024x1024 and masked with the lungs that the shipped segmentation
+model finds (computed once and cached, see ``training/classifier_data.py``).
+
+* ``--mode patch`` (default): each step takes random 224x224 patches whose centres are drawn uniformly from the lung
+  pixels with :func:`cxr_hub.patches.sample_patch_boxes` and cut with :func:`cxr_hub.patches.crop_patches` — the
+  pipeline's own sampler and cropper, so training and inference patches follow one code path. Validation votes
+  over ``val_patches`` patches per image with :func:`cxr_hub.patches.majority_vote`; the final test uses
+  ``num_patches`` (K = 100).
+* ``--mode global``: the whole masked frame resized to 224.
+
+Defaults: Adam lr 1e-5, weight decay 1e-4, L1 penalty 1e-5 on the convolution and linear weights, batch 16 patches,
+up to 100 epochs, early stopping on the validation macro F1, class-balanced sampling, patient-level split shared
+with the other scripts. ImageNet weights are not reachable offline: the default is training from scratch (the card
+says so); ``--pretrained imagenet`` loads timm's weights where there is internet.
+
+Usage:
+    python -m training.train_classifier [--task label4|label3] [--mode patch|global] [--pack DIR]
+        [--segmentation models/cxr-lung-seg-fcdensenet103] [--epochs 100] [--max-minutes 8] [--resume]
+        [--config cfg.yaml] [--KEY VALUE ...]
+
+Every field of ``ClassifierTrainConfig`` is a CLI option. The run directory keeps ``last/`` (resume point) and
+``best/`` (best validation macro F1); the best model is exported as a Hub folder (``--out``, by default
+``models/cxr-patch-resnet18`` for label4 patch, ``models/cxr-global-resnet18`` for label4 global and
+``models/cxr-patch-resnet18-covidx`` for label3 patch) with fp16 safetensors, its image processor, the test
+metrics, the final training config (``training_config.json``) and a model card.
+
+Definitions:
+
+* **Epoch**: as many draws as there are training images. Each draw picks an image — with probability proportional
+  to 1 / (its class's training count) under class-balanced sampling, so every class is drawn equally often — and
+  cuts ``patches_per_image`` patches from it (default 1, so a batch of 16 patches comes from 16 draws; a larger P
+  gives more patches per decoded image at the same batch size). Global mode: one whole image per draw.
+* **Random streams**: the sampler of epoch e uses ``default_rng([seed, e, 0])``; the patches of image i in epoch e
+  use ``default_rng([seed, e, 1, key(id_i)])`` (its own stream, independent of the draw order); augmentation of
+  step s uses ``[seed, e, 2, s]``. A resumed run therefore continues with exactly the draws it would have made.
+  Validation and test patches use ``default_rng(eval_seed)`` per image, as ``CXRPipeline.analyze(seed=...)`` does,
+  so the validation patches are the same every epoch.
+* **Normalisation**: as the pipeline: gray levels in [0, 255] with 0 outside the lungs, ``(x / 255 - mean) / std``
+  with the config's ``image_mean`` / ``image_std``.
+* **Augmentation** (``--augment``, training only): per patch a random gamma ``exp(U(-0.15, 0.15))`` and gain
+  ``U(0.9, 1.1)`` on [0, 1] gray levels, clipped to [0, 1]. Both keep 0 at 0, so the lung mask (the outside's flat
+  zero) is untouched. No flips: they would swap the patient's left and right.
+* **L1 penalty**: ``l1 * sum(|w|)`` over the weights of every convolution and linear layer (biases and
+  batch-norm parameters excluded: they carry no sparsity meaning), added to the cross-entropy.
+* **Selection**: the best epoch has the highest validation macro F1 (over the classes present in validation);
+  ties go to the lower validation loss. Early stopping after ``early_stopping_patience`` epochs without a better
+  epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from tqdm import tqdm
+
+from cxr_hub import PatchClassifierConfig, PatchClassifierForImageClassification, patches
+from cxr_hub.classification import accuracy_by_group, classification_report
+from cxr_hub.models import LABEL_SETS, MODES
+from training.classifier_data import DEFAULT_SEGMENTATION, TASKS, ClassifierData, global_frames, normalise
+from training.train_segmentation import autocast_dtype
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: Default export folder per (task, mode).
+DEFAULT_OUT: dict[tuple[str, str], str] = {
+    ("label4", "patch"): "models/cxr-patch-resnet18",
+    ("label4", "global"): "models/cxr-global-resnet18",
+    ("label3", "patch"): "models/cxr-patch-resnet18-covidx",
+    ("label3", "global"): "models/cxr-global-resnet18-covidx",
+}
+PRETRAINED = ("none", "imagenet")
+#: The classifiers' card template (written for every cxr-hub classifier, patch and global).
+CARD_TEMPLATE = REPO_ROOT / "model_cards" / "cxr-patch-resnet18.md"
+MAX_EXPORT_MB = 25.0
+DATA_SOURCES = (
+    "JSRT digitised PA films (normal, non-nodule), the Cohen COVID-19 image data collection (COVID-19 and other "
+    "viral, bacterial, normal; frontal views), NIH ChestX-ray14 (No Finding, Pneumonia)"
+)
+
+
+@dataclass
+class ClassifierTrainConfig:
+    """Typed training config; every field is also a ``--field-name`` CLI option."""
+
+    task: str = (
+        "label4"  # "label4" (normal, bacterial, tuberculosis, viral_covid) or "label3" (normal, pneumonia, covid)
+    )
+    mode: str = "patch"  # "patch" (random lung patches, majority vote) or "global" (whole masked image)
+    data: str | None = None  # data folder (else env CXR_DATA, else ../shared/data/cxr)
+    split_file: str | None = None  # patient-level split JSON (default: training/splits/splits_seed0.json)
+    pack: str | None = None  # read a pack (training/pack_classifier_data.py) instead of the shared data
+    segmentation: str = DEFAULT_SEGMENTATION  # lung masks come from this model (cached once)
+    cache_dir: str = "data_cache"
+    run_dir: str | None = None  # default: runs/classifier-<task>-<mode>
+    out: str | None = None  # Hub folder for the best model (default: see DEFAULT_OUT)
+    backbone: str = "resnet18"
+    pretrained: str = "none"  # "none": from scratch; "imagenet": timm weights (needs internet)
+    image_size: int = 1024  # side of the masked frame patches are cut from
+    patch_size: int = 224
+    input_size: int = 224
+    num_patches: int = 100  # K at test time (saved as config.num_patches)
+    val_patches: int = 25  # K for the per-epoch validation vote (CPU-friendly; the final test uses num_patches)
+    patches_per_image: int = 1  # patches cut from each drawn image in a training step
+    gamma: float | None = 0.5
+    do_equalize: bool = True
+    image_mean: float = 0.5
+    image_std: float = 0.25
+    drop_rate: float = 0.0
+    epochs: int = 100
+    batch_size: int = 16  # patches (patch mode) or images (global mode) per optimiser step
+    lr: float = 1e-5
+    weight_decay: float = 1e-4
+    l1: float = 1e-5
+    balanced_sampling: bool = True
+    early_stopping_patience: int = 20  # epochs without a better validation macro F1
+    augment: bool = True
+    amp: str = "auto"  # "auto" (bf16 autocast where native), "bf16", "fp16" (CUDA), "none"
+    seed: int = 0
+    eval_seed: int = 0  # seed of the validation / test patch sampler (the pipeline's seed)
+    eval_chunk: int = 256  # patches per forward pass at evaluation
+    n_boot: int = 1000  # bootstrap resamples for the test CIs
+    test_eval: bool = True  # score the best model on the test split and put the numbers in the card
+    max_minutes: float | None = None  # wall-clock budget: stop after the epoch that would overrun it
+    max_steps_per_epoch: int | None = None
+    limit: int | None = None  # at most this many images per split (smoke runs)
+    overfit_one_batch: bool = False  # sanity check: every step reuses the first batch (no new draws)
+    num_threads: int | None = None
+    device: str | None = None  # default: cuda when available, else cpu
+    fp16_storage: bool = True  # store the exported weights in fp16 (they load as float32)
+    notes: list[str] = field(default_factory=list)
+
+    def resolved_run_dir(self) -> Path:
+        """The run directory (default ``runs/classifier-<task>-<mode>``)."""
+        return Path(self.run_dir or f"runs/classifier-{self.task}-{self.mode}")
+
+    def resolved_out(self) -> Path:
+        """The export folder (default from :data:`DEFAULT_OUT`)."""
+        return Path(self.out or DEFAULT_OUT[(self.task, self.mode)])
+
+
+_CLI_TYPES = {"int": int, "float": float, "int | None": int, "float | None": float}
+
+
+def parse_config(argv: list[str] | None = None) -> tuple[ClassifierTrainConfig, bool]:
+    """Builds the config from defaults, an optional YAML file and CLI overrides (in that order)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="YAML file with config fields")
+    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last")
+    for f in dataclasses.fields(ClassifierTrainConfig):
+        if f.name == "notes":
+            continue
+        name = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            parser.add_argument(name, type=_CLI_TYPES.get(str(f.type), str), default=None)
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    if args.config:
+        values.update(yaml.safe_load(Path(args.config).read_text()) or {})
+    values.update({k: v for k, v in vars(args).items() if k not in ("config", "resume") and v is not None})
+    unknown = set(values) - {f.name for f in dataclasses.fields(ClassifierTrainConfig)}
+    if unknown:
+        raise SystemExit(f"Unknown config fields: {sorted(unknown)}")
+    config = ClassifierTrainConfig(**values)
+    checks = {"task": (config.task, TASKS), "mode": (config.mode, MODES), "pretrained": (config.pretrained, PRETRAINED)}
+    for key, (value, allowed) in checks.items():
+        if value not in allowed:
+            raise SystemExit(f"--{key} must be one of {allowed}, got {value!r}")
+    if config.patches_per_image < 1 or config.batch_size < 1:
+        raise SystemExit("--patches-per-image and --batch-size must be at least 1")
+    return config, args.resume
+
+
+def trained_classes(data: ClassifierData) -> list[str]:
+    """Classes with at least one training image (e.g. no tuberculosis in the project's data)."""
+    return [c for c, n in data.class_counts().items() if n > 0]
+
+
+def build_model(
+    config: ClassifierTrainConfig, trained: list[str], load_pretrained: bool = True
+) -> PatchClassifierForImageClassification:
+    """A fresh classifier; every class of the task stays in the head, ``trained_classes`` lists the learnt ones.
+
+    Args:
+        config: the training config (architecture, frame, label set, ``pretrained``).
+        trained: classes with training images.
+        load_pretrained: load ImageNet weights when ``config.pretrained == "imagenet"`` (False when resuming: the
+            checkpoint replaces them anyway, and a resume should not need the network).
+
+    Raises:
+        SystemExit: ImageNet weights were asked for and cannot be loaded (no internet), with what to do instead.
+    """
+    model_config = PatchClassifierConfig(
+        backbone=config.backbone,
+        label_set=config.task,
+        mode=config.mode,
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+        input_size=config.input_size,
+        num_patches=config.num_patches,
+        image_mean=config.image_mean,
+        image_std=config.image_std,
+        drop_rate=config.drop_rate,
+        gamma=config.gamma,
+        do_equalize=config.do_equalize,
+        trained_classes=trained,
+    )
+    model = PatchClassifierForImageClassification(model_config)
+    if config.pretrained == "imagenet" and load_pretrained:
+        try:
+            model.load_imagenet_weights()
+        except Exception as exc:  # network, cache or hub errors all mean the same thing here
+            raise SystemExit(
+                f"--pretrained imagenet: could not load {model_config.pretrained_source!r} ({exc}). ImageNet weights "
+                "need internet or a warm Hugging Face cache; use --pretrained none to train from scratch."
+            ) from exc
+    return model
+
+
+def class_balanced_probabilities(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Sampling probability of each image ∝ 1 / (its class's count), so each present class is drawn equally often.
+
+    Returns:
+        float64 (N,) probabilities summing to 1.
+    """
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = 1.0 / counts[labels]
+    return weights / weights.sum()
+
+
+def l1_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Weights of every convolution and linear layer (the L1 penalty's parameters)."""
+    return [
+        m.weight for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m.weight is not None
+    ]
+
+
+def id_key(image_id: str) -> int:
+    """A stable 32-bit integer of an image id (its random stream key; Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.sha256(image_id.encode()).digest()[:4], "little")
+
+
+def jitter(x: torch.Tensor, gen: np.random.Generator) -> torch.Tensor:
+    """Random gamma exp(U(-0.15, 0.15)) and gain U(0.9, 1.1) per sample on [0, 1] gray levels; keeps 0 at 0.
+
+    Args:
+        x: (B, 1, S, S) gray levels in [0, 1].
+        gen: random generator.
+
+    Returns:
+        (B, 1, S, S) in [0, 1].
+    """
+    b = x.shape[0]
+    gamma = torch.from_numpy(np.exp(gen.uniform(-0.15, 0.15, b))).to(x.device, x.dtype).view(b, 1, 1, 1)
+    gain = torch.from_numpy(gen.uniform(0.9, 1.1, b)).to(x.device, x.dtype).view(b, 1, 1, 1)
+    return (x.clamp(0, 1).pow(gamma) * gain).clamp(0, 1)
+
+
+class InputMaker:
+    """Turns images of a :class:`ClassifierData` into normalised network inputs on the device.
+
+    Patch mode keeps the uint8 masked frames on the device and cuts patches there; global mode keeps the resized
+    whole frames.
+    """
+
+    def __init__(self, data: ClassifierData, config: ClassifierTrainConfig, device: torch.device) -> None:
+        self.data = data
+        self.config = config
+        self.device = device
+        if config.mode == "patch":
+            if data.image_size != config.image_size:
+                raise ValueError(f"Frames are {data.image_size} px but config.image_size is {config.image_size}.")
+            self.frames = torch.from_numpy(data.frames).to(device)
+        else:
+            self.frames = torch.from_numpy(global_frames(data, config.input_size)).to(device)
+
+    def patch_boxes(self, i: int, k: int, rng: np.random.Generator) -> np.ndarray:
+        """(k, 4) patch boxes of image i from the pipeline's sampler (centres uniform over the lung pixels)."""
+        _, boxes = patches.sample_patch_boxes(self.data.masks[i], k, self.config.patch_size, rng)
+        return boxes
+
+    def patches01(self, i: int, boxes: np.ndarray) -> torch.Tensor:
+        """(k, 1, s, s) patches of image i in [0, 1] gray levels, cut with the pipeline's cropper."""
+        return patches.crop_patches(self.frames[i], boxes, self.config.input_size) / 255.0
+
+    def whole01(self, index: np.ndarray | list[int]) -> torch.Tensor:
+        """(n, 1, s, s) whole masked frames (global mode) in [0, 1]."""
+        return self.frames[torch.as_tensor(np.asarray(index), device=self.device)][:, None] / 255.0
+
+    def finish(self, x01: torch.Tensor) -> torch.Tensor:
+        """[0, 1] gray levels → normalised input in channels_last."""
+        x = normalise(x01 * 255.0, self.config.image_mean, self.config.image_std)
+        return x.contiguous(memory_format=torch.channels_last)
+
+
+def epoch_draws(maker: InputMaker, config: ClassifierTrainConfig, epoch: int) -> list[tuple[int, np.ndarray | None]]:
+    """The draws of one epoch: ``(image index, (P, 4) patch boxes or None in global mode)`` in step order."""
+    data = maker.data
+    n = len(data)
+    sampler = np.random.default_rng([config.seed, epoch, 0])
+    if config.balanced_sampling:
+        order = sampler.choice(
+            n, size=n, replace=True, p=class_balanced_probabilities(data.labels, len(data.class_names))
+        )
+    else:
+        order = sampler.permutation(n)
+    if config.mode == "global":
+        return [(int(i), None) for i in order]
+    p = config.patches_per_image
+    counts = np.bincount(order, minlength=n)
+    boxes: dict[int, np.ndarray] = {}
+    for i in np.flatnonzero(counts):
+        # one sampler call per image and epoch, from the image's own stream: independent of the draw order
+        rng = np.random.default_rng([config.seed, epoch, 1, id_key(data.ids[i])])
+        boxes[int(i)] = maker.patch_boxes(int(i), int(counts[i]) * p, rng).reshape(int(counts[i]), p, 4)
+    used = np.zeros(n, dtype=np.int64)
+    draws = []
+    for i in order:
+        draws.append((int(i), boxes[int(i)][used[i]]))
+        used[i] += 1
+    return draws
+
+
+def make_batch(
+    maker: InputMaker, draws: list[tuple[int, np.ndarray | None]], augment_rng: np.random.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised inputs (B, 1, s, s) and int64 labels (B,) of some draws; augmented when a generator is given."""
+    labels = maker.data.labels
+    if maker.config.mode == "global":
+        idx = [i for i, _ in draws]
+        x01 = maker.whole01(idx)
+        y = labels[idx]
+    else:
+        x01 = torch.cat([maker.patches01(i, b) for i, b in draws])
+        y = np.concatenate([np.full(len(b), labels[i]) for i, b in draws])
+    if augment_rng is not None:
+        x01 = jitter(x01, augment_rng)
+    return maker.finish(x01), torch.as_tensor(y, dtype=torch.long, device=maker.device)
+
+
+def _autocast(device: torch.device, amp: torch.dtype | None) -> Any:
+    return torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)
+
+
+@torch.inference_mode()
+def predict(
+    model: PatchClassifierForImageClassification,
+    maker: InputMaker,
+    k: int,
+    seed: int,
+    amp: torch.dtype | None = None,
+    chunk: int = 256,
+) -> dict[str, Any]:
+    """Image-level predictions: majority vote over k patches (patch mode) or argmax (global mode).
+
+    Patch mode draws each image's patches with ``default_rng(seed)``, as ``CXRPipeline.analyze(seed=seed)`` does.
+
+    Returns:
+        ``{"pred": int64 (N,), "probs": float32 (N, C) mean patch probabilities, "loss": mean cross-entropy over
+        patches (or images)}``.
+    """
+    model.eval()
+    data, device = maker.data, maker.device
+    n, c = len(data), len(data.class_names)
+    pred = np.zeros(n, dtype=np.int64)
+    probs = np.zeros((n, c), dtype=np.float32)
+    loss_sum, loss_n = 0.0, 0
+    if maker.config.mode == "global":
+        for start in range(0, n, chunk):
+            idx = list(range(start, min(n, start + chunk)))
+            x = maker.finish(maker.whole01(idx))
+            y = torch.as_tensor(data.labels[idx], device=device)
+            with _autocast(device, amp):
+                logits = model(x).logits.float()
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            loss_n += len(idx)
+            p = torch.softmax(logits, -1).cpu().numpy()
+            probs[idx], pred[idx] = p, p.argmax(1)
+        return {"pred": pred, "probs": probs, "loss": loss_sum / max(loss_n, 1)}
+    for i in range(n):
+        boxes = maker.patch_boxes(i, k, np.random.default_rng(seed))
+        chunks = []
+        for start in range(0, k, chunk):
+            x = maker.finish(maker.patches01(i, boxes[start : start + chunk]))
+            with _autocast(device, amp):
+                chunks.append(model(x).logits.float())
+        logits = torch.cat(chunks)
+        y = torch.full((k,), int(data.labels[i]), device=device)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        loss_n += k
+        p = torch.softmax(logits, -1)
+        pred[i], _ = patches.majority_vote(p)
+        probs[i] = p.mean(0).cpu().numpy()
+    return {"pred": pred, "probs": probs, "loss": loss_sum / max(loss_n, 1)}
+
+
+def score(
+    data: ClassifierData, pred: np.ndarray, n_boot: int = 0, seed: int = 0, untrained: list[str] | None = None
+) -> dict[str, Any]:
+    """Classification report of image-level predictions (macro over classes present in ``data``)."""
+    names = data.class_names
+    y_true, y_pred = data.label_names(), [names[i] for i in pred]
+    report = classification_report(
+        y_true,
+        y_pred,
+        names,
+        data.patients if n_boot else None,
+        n_boot=max(n_boot, 1),
+        seed=seed,
+        untrained=untrained or [],
+    )
+    report["accuracy_by_source"] = accuracy_by_group(y_true, y_pred, data.sources)
+    return report
+
+
+def _save_state(path: Path, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "state": state, "torch_rng": torch.get_rng_state()},
+        path / "training_state.pt",
+    )
+
+
+def train(
+    config: ClassifierTrainConfig, train_data: ClassifierData, val_data: ClassifierData, resume: bool = False
+) -> dict[str, Any]:
+    """Trains on in-memory data; writes ``run_dir/last`` every epoch and ``run_dir/best`` on improvement.
+
+    Args:
+        config: the training config.
+        train_data: training images (uint8 masked frames and masks).
+        val_data: validation images (at least one).
+        resume: continue from ``run_dir/last``.
+
+    Returns:
+        A summary: per-epoch history, best epoch and its validation report, trained classes, device and timing.
+    """
+    if len(train_data) == 0 or len(val_data) == 0:
+        raise SystemExit(f"Need training and validation images, got {len(train_data)} and {len(val_data)}.")
+    run_dir = config.resolved_run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    torch.manual_seed(config.seed)
+    trained = trained_classes(train_data)
+    model = build_model(config, trained, load_pretrained=not resume).to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": -1, "history": [], "stale": 0}
+    last_dir = run_dir / "last"
+    if resume:
+        if not (last_dir / "training_state.pt").is_file():
+            raise SystemExit(f"--resume: nothing to resume in {last_dir}")
+        loaded = PatchClassifierForImageClassification.from_pretrained(last_dir)
+        model.load_state_dict(loaded.state_dict())
+        saved = torch.load(last_dir / "training_state.pt", weights_only=True, map_location=device)
+        optimizer.load_state_dict(saved["optimizer"])
+        state = saved["state"]
+        torch.set_rng_state(saved["torch_rng"])
+    amp = autocast_dtype(config, device)  # type: ignore[arg-type]  (reads only .amp)
+    l1_params = l1_parameters(model)
+    train_maker = InputMaker(train_data, config, device)
+    val_maker = InputMaker(val_data, config, device)
+    untrained = [c for c in train_data.class_names if c not in trained]
+    images_per_step = (
+        max(1, config.batch_size // config.patches_per_image) if config.mode == "patch" else config.batch_size
+    )
+    steps = math.ceil(len(train_data) / images_per_step)
+    if config.max_steps_per_epoch:
+        steps = min(steps, config.max_steps_per_epoch)
+    fixed: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    start_time = time.time()
+    epochs_this_run = 0
+    while state["epoch"] < config.epochs:
+        epoch = state["epoch"] + 1
+        epoch_start = time.time()
+        model.train()
+        draws = epoch_draws(train_maker, config, epoch)
+        ce_losses, l1_losses = [], []
+        bar = tqdm(range(steps), desc=f"epoch {epoch}/{config.epochs}", unit="step", leave=False)
+        for step in bar:
+            if fixed is None or not config.overfit_one_batch:
+                aug = np.random.default_rng([config.seed, epoch, 2, step]) if config.augment else None
+                batch = make_batch(train_maker, draws[step * images_per_step : (step + 1) * images_per_step], aug)
+                fixed = batch if config.overfit_one_batch else None
+            x, y = fixed if fixed is not None else batch
+            with _autocast(device, amp):
+                logits = model(x).logits
+            ce = F.cross_entropy(logits.float(), y)  # the loss in fp32, outside autocast
+            l1 = config.l1 * sum(p.abs().sum() for p in l1_params) if config.l1 else torch.zeros((), device=device)
+            loss = ce + l1
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            ce_losses.append(ce.detach().item())
+            l1_losses.append(float(l1.detach()))
+            bar.set_postfix(ce=f"{np.mean(ce_losses[-20:]):.4f}")
+        val_out = predict(model, val_maker, config.val_patches, config.eval_seed, amp, config.eval_chunk)
+        val = score(val_data, val_out["pred"], untrained=untrained)
+        f1 = val["f1"] if val["f1"] is not None else 0.0
+        record = {
+            "epoch": epoch,
+            "train_loss": round(float(np.mean(ce_losses) + np.mean(l1_losses)), 6),
+            "train_ce": round(float(np.mean(ce_losses)), 6),
+            "train_l1": round(float(np.mean(l1_losses)), 6),
+            "val_loss": round(val_out["loss"], 6),
+            "val_accuracy": round(val["accuracy"], 4),
+            "val_macro_f1": round(f1, 4),
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(time.time() - epoch_start, 1),
+        }
+        state["history"].append(record)
+        tqdm.write(json.dumps(record))
+        state["epoch"] = epoch
+        key = [f1, -val_out["loss"]]  # macro F1 first, then the lower validation loss
+        if state["best"] is None or key > state["best"]:
+            state.update(best=key, best_epoch=epoch, stale=0, best_val=val)
+            model.save_pretrained(run_dir / "best")
+        else:
+            state["stale"] += 1
+        model.save_pretrained(last_dir)
+        _save_state(last_dir, optimizer, state)
+        if state["stale"] >= config.early_stopping_patience:
+            tqdm.write(f"early stopping: no better validation macro F1 for {state['stale']} epochs")
+            break
+        epochs_this_run += 1
+        elapsed = (time.time() - start_time) / 60
+        per_epoch = elapsed / epochs_this_run  # this run's pace: a resumed run's earlier epochs took other time
+        if config.max_minutes is not None and elapsed + per_epoch > config.max_minutes:
+            tqdm.write(f"stopping: the {config.max_minutes}-minute budget would be exceeded by another epoch")
+            break
+    return {
+        "epochs_run": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "best_validation": state.get("best_val"),
+        "history": state["history"],
+        "trained_classes": trained,
+        "untrained_classes": untrained,
+        "stopped_early": state["stale"] >= config.early_stopping_patience,
+        "steps_per_epoch": steps,
+        "device": str(device),
+        "autocast": str(amp).replace("torch.", "") if amp else "none",
+        "minutes": round((time.time() - start_time) / 60, 2),
+    }
+
+
+def evaluate_test(
+    model: PatchClassifierForImageClassification, data: ClassifierData, config: ClassifierTrainConfig
+) -> dict[str, Any]:
+    """The best model on the test split: K = ``num_patches`` votes, bootstrap CIs over patients."""
+    device = next(model.parameters()).device
+    model = model.to(memory_format=torch.channels_last)
+    maker = InputMaker(data, config, device)
+    amp = autocast_dtype(config, device)  # type: ignore[arg-type]
+    out = predict(model, maker, config.num_patches, config.eval_seed, amp, config.eval_chunk)
+    untrained = [c for c in data.class_names if c not in model.config.trained_classes]
+    report = score(data, out["pred"], n_boot=config.n_boot, seed=config.eval_seed, untrained=untrained)
+    report["k"] = config.num_patches if config.mode == "patch" else 1
+    report["seed"] = config.eval_seed
+    report["loss"] = out["loss"]
+    return report
+
+
+def _counts_table(counts: dict[str, dict[str, int]], names: list[str], trained: list[str]) -> str:
+    lines = ["| class | train | val | test |", "|---|---|---|---|"]
+    for c in names:
+        flag = "" if c in trained else " (untrained: no images)"
+        lines.append(
+            f"| {c}{flag} | " + " | ".join(str(counts.get(s, {}).get(c, 0)) for s in ("train", "val", "test")) + " |"
+        )
+    return "\n".join(lines)
+
+
+def training_card_info(
+    config: ClassifierTrainConfig, summary: dict[str, Any], info: dict[str, Any], test: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The card's training section: data and counts, initialisation, recipe, budget."""
+    names = list(LABEL_SETS[config.task])
+    trained = summary["trained_classes"]
+    untrained = summary["untrained_classes"]
+    init = (
+        "**Trained from scratch** (random initialisation): ImageNet weights were not reachable where these weights "
+        "were trained, unlike the paper, which fine-tuned ImageNet weights."
+        if config.pretrained == "none"
+        else "Backbone initialised from ImageNet weights (timm `resnet18.a1_in1k`, first convolution summed to gray)."
+    )
+    absent = (
+        f" **{', '.join(untrained)}: no training images** — the class stays in the output layer (the paper's label "
+        "set) but is untrained; its outputs mean nothing and it is absent from every evaluation here."
+        if untrained
+        else ""
+    )
+    what = (
+        f"random {config.patch_size}x{config.patch_size} patches centred on lung pixels of the lung-masked "
+        f"{config.image_size}x{config.image_size} frame, {config.num_patches} per image voted at test time"
+        if config.mode == "patch"
+        else f"the whole lung-masked frame resized to {config.input_size}x{config.input_size}"
+    )
+    description = (
+        f"{init}{absent}\n\nData: {DATA_SOURCES}; task `{config.task}`, classes {', '.join(names)}. Patient-level "
+        f"split (70/10/20 % by patient, stratified by class and source; `training/splits/splits_seed0.json`). "
+        f"Input: {what}. Lung masks from the segmentation model (fingerprint "
+        f"`{info.get('segmentation_fingerprint')}`), computed once and cached.\n\nImages per class:\n\n"
+        f"{_counts_table(info.get('counts', {}), names, trained)}\n\nSources per split: "
+        + "; ".join(
+            f"{s}: " + ", ".join(f"{k} {v}" for k, v in src.items()) for s, src in info.get("sources", {}).items()
+        )
+    )
+    out: dict[str, Any] = {
+        "description": description,
+        "initialisation": "from scratch" if config.pretrained == "none" else "ImageNet (timm)",
+        "trained_classes": trained,
+        "untrained_classes": untrained or None,
+        "optimiser": f"Adam lr {config.lr}, weight decay {config.weight_decay}, batch {config.batch_size} "
+        f"{'patches' if config.mode == 'patch' else 'images'}, L1 {config.l1} on conv/linear weights",
+        "sampling": ("class-balanced (p ∝ 1/class count)" if config.balanced_sampling else "uniform")
+        + (f", {config.patches_per_image} patch(es) per drawn image" if config.mode == "patch" else ""),
+        "augmentation": "gamma exp(U(-0.15, 0.15)) and gain U(0.9, 1.1) on lung gray levels"
+        if config.augment
+        else "none",
+        "model selection": f"validation macro F1 ({config.val_patches} patches per image in patch mode), early "
+        f"stopping after {config.early_stopping_patience} epochs without improvement",
+        "budget": f"{summary['epochs_run']} epochs ({summary['steps_per_epoch']} steps each) in "
+        f"{summary['minutes']} min on {summary['device']} (autocast {summary['autocast']}); "
+        f"best epoch {summary['best_epoch']}",
+        "training inputs": (
+            f"lung-masked {config.image_size}px frames stored as JPEG (quality {info.get('jpeg_quality')}) in a pack"
+            if info.get("kind") == "pack"
+            else f"lung-masked {config.image_size}px frames cached as uint8"
+        ),
+    }
+    if test is not None:
+        flag = "--classifier" if config.mode == "patch" else "--global-classifier"
+        out["test evaluation"] = (
+            f"{test['n']} held-out images of the test split, "
+            + (f"K={test['k']} patches (seed {test['seed']})" if config.mode == "patch" else "whole images")
+            + ", scored from the training inputs above; `python -m cxr_hub evaluate --manifest DATA --task "
+            f"{config.task} {flag} {config.resolved_out()} --split-file training/splits/splits_seed0.json "
+            "--split classification:test` re-runs it end to end on the original images. Macro averages over the "
+            "classes present in the test set."
+        )
+    return out
+
+
+def card_metrics(test: dict[str, Any] | None, config: ClassifierTrainConfig) -> dict[str, Any] | None:
+    """Numeric test metrics for the card's model-index (undefined values left out)."""
+    if test is None:
+        return None
+    values: dict[str, float] = {}
+    for key in ("accuracy", "f1", "precision", "recall", "specificity"):
+        if test.get(key) is not None:
+            values["accuracy" if key == "accuracy" else f"macro_{key}"] = round(float(test[key]), 4)
+    for key in ("accuracy", "f1"):
+        ci = (test.get("ci95") or {}).get(key)
+        if ci:
+            name = "accuracy" if key == "accuracy" else "macro_f1"
+            values[f"{name}_ci95_low"], values[f"{name}_ci95_high"] = round(ci[0], 4), round(ci[1], 4)
+    for cls, m in test["per_class"].items():
+        if m["n"] and m["sensitivity"] is not None:
+            values[f"sensitivity_{cls}"] = round(float(m["sensitivity"]), 4)
+    for src, m in test.get("accuracy_by_source", {}).items():
+        values[f"accuracy_source_{src}"] = round(float(m["accuracy"]), 4)
+    if not values:
+        return None
+    return {
+        "dataset": {
+            "name": "cxr-hub curated chest X-rays (JSRT, Cohen, NIH), patient-level test split",
+            "type": "cxr-hub-curated",
+            "split": "test",
+        },
+        "values": values,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry: data (pack or cache), patient split, training, test evaluation, Hub export."""
+    from cxr_hub.hub import export_hub_folder
+    from cxr_hub.models import image_processor_for
+    from training.classifier_data import load_task_splits
+
+    config, resume = parse_config(argv)
+    try:
+        splits, info = load_task_splits(
+            config.task,
+            data=config.data,
+            pack=config.pack,
+            segmentation=config.segmentation,
+            split_file=config.split_file,
+            cache_dir=config.cache_dir,
+            image_size=config.image_size,
+            do_equalize=config.do_equalize,
+            gamma=config.gamma,
+            device=config.device,
+            limit=config.limit,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    counts = info["counts"]
+    tqdm.write(f"data: {info['source']}")
+    tqdm.write("images per class: " + json.dumps(counts))
+    untrained = [c for c, n in counts["train"].items() if n == 0]
+    if untrained:
+        tqdm.write(
+            f"note: no training images for {', '.join(untrained)}: kept in the output layer (the task's label set), "
+            "untrained, and absent from every evaluation; config.trained_classes lists the others"
+        )
+    if info.get("skipped"):
+        tqdm.write(f"skipped {len(info['skipped'])} image(s) (no lung found or not cached): see training_config.json")
+    summary = train(config, splits["train"], splits["val"], resume=resume)
+
+    run_dir, out = config.resolved_run_dir(), config.resolved_out()
+    best = PatchClassifierForImageClassification.from_pretrained(run_dir / "best")
+    device = torch.device(summary["device"])
+    best = best.to(device)
+    test = evaluate_test(best, splits["test"], config) if config.test_eval and len(splits["test"]) else None
+    if test is not None:
+        (run_dir / "test_metrics.json").write_text(json.dumps(test, indent=2) + "\n")
+        tqdm.write(f"test: accuracy {test['accuracy']:.4f}, macro F1 {test['f1']:.4f} (n={test['n']})")
+    if summary["untrained_classes"]:
+        config.notes.append(f"untrained and absent (no training images): {', '.join(summary['untrained_classes'])}")
+    if config.pretrained == "none":
+        config.notes.append("trained from scratch: no ImageNet initialisation")
+    export_hub_folder(
+        best.cpu(),
+        out,
+        image_processor=image_processor_for(best.config),
+        training=training_card_info(config, summary, info, test),
+        metrics=card_metrics(test, config),
+        model_name=out.name,
+        dtype="float16" if config.fp16_storage else None,
+        template=CARD_TEMPLATE if CARD_TEMPLATE.is_file() else None,
+    )
+    final = {"config": dataclasses.asdict(config), "data": info, "summary": summary, "test": test}
+    for folder in (run_dir, out):
+        (folder / "training_config.json").write_text(json.dumps(final, indent=2, default=str) + "\n")
+    size_mb = sum(p.stat().st_size for p in out.glob("*.safetensors")) / 2**20
+    tqdm.write(f"exported {out} (best epoch {summary['best_epoch']}, weights {size_mb:.1f} MiB)")
+    if size_mb > MAX_EXPORT_MB:
+        tqdm.write(f"warning: the weights exceed {MAX_EXPORT_MB} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
