@@ -8,31 +8,19 @@ import math
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from .io import load_image
-from .preprocessing import map_boxes, preprocess_cxr, resize_image, resize_label_map
-
-if TYPE_CHECKING:
-    from .pipeline import PipelineResult
+from .preprocessing import preprocess_cxr, resize_image
+from .visualize import heat_overlay, segmentation_overlay
+from .visualize import to_uint8 as _to_uint8
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SEGMENTATION = REPO_ROOT / "models" / "cxr-lung-seg-fcdensenet103"
 DEFAULT_CLASSIFIER = REPO_ROOT / "models" / "cxr-patch-resnet18"
-#: Overlay PNGs are drawn at most this many pixels on the longer side (the JSON keeps original-pixel boxes).
-OVERLAY_MAX_SIDE = 1024
-# label → RGB for the segmentation overlay: heart red, left lung green, right lung blue
-_LABEL_COLOURS = {1: (230, 60, 60), 2: (60, 200, 90), 3: (70, 130, 240)}
-
-
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    """Min-max scales any gray image to uint8 for viewing (not for analysis)."""
-    lo, hi = float(image.min()), float(image.max())
-    scaled = (image - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(image)
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 def run_preprocess(args: argparse.Namespace) -> int:
@@ -81,47 +69,6 @@ def _model_folder(value: str | None, default: Path, flag: str, what: str) -> Pat
 
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "class"
-
-
-def _display_scale(shape: tuple[int, int]) -> tuple[int, int]:
-    h, w = shape
-    f = min(1.0, OVERLAY_MAX_SIDE / max(h, w))
-    return max(1, round(h * f)), max(1, round(w * f))
-
-
-def _gray_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    g = _to_uint8(resize_image(image, size)).astype(np.float32)
-    return np.repeat(g[..., None], 3, axis=2)
-
-
-def segmentation_overlay(result: PipelineResult, image: np.ndarray) -> Image.Image:
-    """Gray image with the label map tinted (heart red, left lung green, right lung blue) and the patch boxes."""
-    size = _display_scale(result.image_size)
-    rgb = _gray_rgb(image, size)
-    labels = resize_label_map(result.label_map, size)
-    for label, colour in _LABEL_COLOURS.items():
-        sel = labels == label
-        rgb[sel] = 0.6 * rgb[sel] + 0.4 * np.array(colour, dtype=np.float32)
-    canvas = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(canvas)
-    boxes = map_boxes(result.patch_boxes, result.image_size, size)
-    for x0, y0, x1, y1 in boxes:
-        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 220, 0), width=1)
-    return canvas
-
-
-def heat_overlay(saliency: np.ndarray, image: np.ndarray) -> Image.Image:
-    """Gray image with a jet heat map blended in, opacity and colour scaled to the map's maximum."""
-    from matplotlib import colormaps  # colormaps only: no pyplot, so no GUI backend is ever touched
-
-    size = _display_scale(saliency.shape)
-    rgb = _gray_rgb(image, size)
-    heat = resize_image(saliency, size)
-    peak = float(heat.max())
-    scaled = heat / peak if peak > 0 else np.zeros_like(heat)
-    colours = colormaps["jet"](scaled)[..., :3].astype(np.float32) * 255.0
-    alpha = (0.6 * scaled)[..., None]  # weak saliency fades into the image instead of a flat blue box
-    return Image.fromarray(np.clip((1 - alpha) * rgb + alpha * colours, 0, 255).astype(np.uint8))
 
 
 def run_predict(args: argparse.Namespace) -> int:

@@ -1,0 +1,394 @@
+"""The Gradio app (``app.py``): model discovery, honest modes, caching, errors, and a gradio_client end-to-end run.
+
+Tiny random models are saved with ``save_pretrained`` into temporary folders and handed to the app through the
+same environment variables a deployment uses; the UI then shows their (meaningless) outputs, which is what these
+tests check the plumbing of. Nothing here needs the network or a GPU.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT
+
+gr = pytest.importorskip("gradio")
+app = pytest.importorskip("app")
+
+EXAMPLE = REPO_ROOT / "examples" / "covid19_cohen_2168a917.jpg"
+NORMAL_EXAMPLE = REPO_ROOT / "examples" / "normal_nih_00001299_000.jpg"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny models gain nothing from threads, and a shared CPU must not be slowed down
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def save_tiny_models(root: Path) -> dict[str, Path]:
+    """Tiny random segmentation, 4-class (tuberculosis untrained), 3-class and global models, saved as Hub folders.
+
+    The segmentation's 1x1 head bias is tilted towards the lung labels so a random network still finds "lung".
+    """
+    from cxr_hub import (
+        FCDenseNetConfig,
+        FCDenseNetForSemanticSegmentation,
+        PatchClassifierConfig,
+        PatchClassifierForImageClassification,
+    )
+
+    torch.manual_seed(0)
+    seg = FCDenseNetForSemanticSegmentation(
+        FCDenseNetConfig(
+            preset="fcdensenet56",
+            down_blocks=[2, 2],
+            bottleneck_layers=2,
+            growth_rate=4,
+            first_conv_channels=8,
+            image_size=64,
+        )
+    ).eval()
+    with torch.no_grad():
+        seg.classifier.bias.copy_(torch.tensor([0.0, 0.0, 0.5, 0.5]))
+    common = {"image_size": 512, "patch_size": 224, "input_size": 32, "num_patches": 10}
+    label4 = ["normal", "bacterial", "viral_covid"]  # like our data: no tuberculosis images
+    models = {
+        "seg": seg,
+        "clf4": PatchClassifierForImageClassification(PatchClassifierConfig(**common, trained_classes=label4)),
+        "clf3": PatchClassifierForImageClassification(PatchClassifierConfig(**common, label_set="label3")),
+        "glob4": PatchClassifierForImageClassification(
+            PatchClassifierConfig(**{**common, "input_size": 64}, mode="global", trained_classes=label4)
+        ),
+    }
+    out = {}
+    for name, model in models.items():
+        if name != "seg":  # distinct class probabilities and non-empty Grad-CAM maps
+            model.classifier.weight.data.normal_(0, 0.5)
+        out[name] = root / name
+        model.eval().save_pretrained(out[name])
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return save_tiny_models(tmp_path_factory.mktemp("tiny_models"))
+
+
+def env_for(models: dict[str, Path], *names: str) -> dict[str, str]:
+    keys = {
+        "seg": "CXR_HUB_SEGMENTATION",
+        "clf4": "CXR_HUB_CLASSIFIER",
+        "clf3": "CXR_HUB_CLASSIFIER_LABEL3",
+        "glob4": "CXR_HUB_GLOBAL_CLASSIFIER",
+    }
+    return {keys[n]: str(models[n]) for n in names}
+
+
+@pytest.fixture
+def empty_models_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "no_models"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def full_app(tiny_models, empty_models_dir) -> app.CXRApp:
+    return app.CXRApp(env_for(tiny_models, "seg", "clf4", "clf3", "glob4"), empty_models_dir, device="cpu")
+
+
+def named(outputs: tuple) -> dict:
+    """UI outputs by name (the session state, when present, is dropped)."""
+    return dict(zip(app.OUTPUT_NAMES, outputs[: len(app.OUTPUT_NAMES)], strict=True))
+
+
+def handler(demo: gr.Blocks, api_name: str = "analyze"):
+    """The Python function behind a named endpoint of a built demo."""
+    return next(f.fn for f in demo.fns.values() if f.api_name == api_name)
+
+
+# ------------------------------------------------------------------------------------------------ model discovery
+
+
+def test_discover_models_defaults_env_and_repo_ids(tmp_path: Path, tiny_models) -> None:
+    models_dir = tmp_path / "models"
+    s = app.discover_models(app.PAPER_MODEL, {}, models_dir)
+    assert (s.segmentation, s.classifier, s.global_classifier, s.notes) == (None, None, None, ())
+    # default folders under models/
+    (models_dir / "cxr-lung-seg-fcdensenet103").mkdir(parents=True)
+    (models_dir / "cxr-lung-seg-fcdensenet103" / "config.json").write_text("{}")
+    s = app.discover_models(app.COVIDX_MODEL, {}, models_dir)
+    assert s.segmentation == str(models_dir / "cxr-lung-seg-fcdensenet103") and s.label_set == "label3"
+    assert s.global_classifier is None  # the COVIDx choice has no global model
+    # env overrides: a folder, a Hub repo id, and a value that is neither
+    env = {"CXR_HUB_CLASSIFIER": str(tiny_models["clf4"]), "CXR_HUB_GLOBAL_CLASSIFIER": "someone/cxr-global"}
+    s = app.discover_models(app.PAPER_MODEL, env, models_dir)
+    assert s.classifier == str(tiny_models["clf4"]) and s.global_classifier == "someone/cxr-global"
+    s = app.discover_models(app.PAPER_MODEL, {"CXR_HUB_SEGMENTATION": str(tmp_path)}, models_dir)
+    assert s.segmentation is None and "CXR_HUB_SEGMENTATION" in s.notes[0]
+    with pytest.raises(ValueError, match="Unknown model"):
+        app.discover_models("GPT", {}, models_dir)
+
+
+# -------------------------------------------------------------------------------------------------- honest modes
+
+
+def test_no_models_app_starts_and_explains(empty_models_dir: Path) -> None:
+    engine = app.CXRApp({}, empty_models_dir, device="cpu")
+    demo = app.build_demo(engine)
+    assert "No trained models are shipped yet" in app._models_status(engine)
+    o = named(handler(demo)(str(EXAMPLE), app.PAPER_MODEL, 100, 224, 0, app.PREDICTED))
+    assert "No trained models are shipped yet" in o["summary"]
+    for key in ("votes_plot", "vote_fractions", "probabilistic_gradcam", "global_gradcam", "report"):
+        assert o[key] is None
+    assert o["segmentation"][0].ndim == 3 and o["segmentation"][1] == []  # the image as loaded, nothing drawn
+    assert o["result"]["mode"] == "no_models" and o["result"]["label"] is None
+    assert "not shipped" in o["biomarkers"]
+
+
+def test_segmentation_only_never_classifies(tiny_models, empty_models_dir: Path) -> None:
+    engine = app.CXRApp(env_for(tiny_models, "seg"), empty_models_dir, device="cpu")
+    a = engine.analyze(str(EXAMPLE), app.PAPER_MODEL, k=30, patch_size=224, seed=3)
+    assert a.models.mode == "segmentation_only" and a.result is None
+    assert a.boxes is not None and len(a.boxes) == 30 and a.prepared is not None
+    o = named(app.render(a, engine))
+    assert "No trained classifier is shipped yet" in o["summary"]
+    for key in ("votes_plot", "vote_fractions", "probabilistic_gradcam", "global_gradcam"):
+        assert o[key] is None
+    assert [name for _, name in o["segmentation"][1]] == ["heart", "left lung", "right lung", "sampled patches"]
+    result = o["result"]
+    assert result["label"] is None and result["votes"] is None and result["num_patch_boxes"] == 30
+    assert result["mode"] == "segmentation_only" and result["models"]["classifier"] is None
+    assert "No classification" in o["triage"] and "cardiothoracic ratio" in o["biomarkers"]
+    assert app.PAPER_REFERENCE_PENDING in o["biomarkers"]  # never invented reference numbers
+    report_json = json.loads(Path(o["report"][0]).read_text())
+    assert len(report_json["patch_boxes"]) == 30 and report_json["label"] is None
+    # the stand-in classifier refuses to classify, so random weights can never produce a vote
+    with pytest.raises(RuntimeError, match="never classifies"):
+        a.models.pipeline.analyze(a.prepared, k=2)
+
+
+def test_full_analysis_outputs_consistent(full_app: app.CXRApp) -> None:
+    a = full_app.analyze(str(EXAMPLE), app.PAPER_MODEL, k=40, patch_size=224, seed=0, saliency_class="normal")
+    r = a.result
+    assert a.models.mode == "full" and r is not None and not a.cache_hit
+    assert sum(r.votes.values()) == 40 and r.k == 40
+    assert a.models.untrained_classes == ["tuberculosis"]
+    o = named(app.render(a, full_app))
+    summary, votes, fractions, result = (o[k] for k in ("summary", "votes_plot", "vote_fractions", "result"))
+    cam, gcam, triage, details = (o[k] for k in ("probabilistic_gradcam", "global_gradcam", "triage", "details"))
+    report = o["report"]
+    assert int(votes["votes"].sum()) == 40
+    assert list(votes["class"]) == ["normal", "bacterial", "TB", "viral/COVID"]  # class order, not alphabetical
+    assert dict(zip(votes["class"], votes["training"], strict=True))["TB"] == app.UNTRAINED
+    assert sum(fractions.values()) == pytest.approx(1.0)
+    assert "untrained" in summary and "Majority vote" in summary
+    assert cam is not None and gcam is not None  # patch saliency beside the global model's Grad-CAM (Fig. 7)
+    assert result["saliency_class"] == "normal" and list(result["saliency_stats"]) == ["normal"]
+    for stats in (*result["saliency_stats"].values(), *result["global_saliency_stats"].values()):
+        assert 0.0 <= stats["min"] <= stats["max"] <= 1.0
+    assert result["untrained_classes"] == ["tuberculosis"]
+    assert any("never trained" in w for w in result["warnings"])
+    assert "education, not advice" in triage
+    assert "Device:" in details and "cpu" in details
+    saved = json.loads(Path(report[0]).read_text())
+    assert len(saved["patch_probabilities"]) == 40 and saved["votes"] == result["votes"]
+    assert Path(report[1]).suffix == ".png" and Path(report[1]).stat().st_size > 0
+    json.dumps(result, allow_nan=False)  # strict JSON for the API
+
+
+def test_slider_change_reuses_segmentation(full_app: app.CXRApp, tmp_path: Path, monkeypatch) -> None:
+    first = full_app.analyze(str(EXAMPLE), app.PAPER_MODEL, k=20, seed=0)
+    seg_model = first.models.pipeline.segmentation_model
+    calls = []
+    monkeypatch.setattr(seg_model, "forward", lambda *a, **k: calls.append(1) or pytest.fail("segmented again"))
+    for k, patch, seed in ((25, 224, 0), (25, 256, 0), (25, 224, 7)):
+        again = full_app.analyze(str(EXAMPLE), app.PAPER_MODEL, k=k, patch_size=patch, seed=seed)
+        assert again.cache_hit and again.prepared is first.prepared and sum(again.result.votes.values()) == k
+    # keyed by the pixels, not the file name: a renamed copy hits the cache, a different image does not
+    copy = tmp_path / "renamed.jpg"
+    copy.write_bytes(EXAMPLE.read_bytes())
+    assert full_app.analyze(str(copy), app.PAPER_MODEL, k=5).cache_hit
+    monkeypatch.undo()
+    assert not full_app.analyze(str(NORMAL_EXAMPLE), app.PAPER_MODEL, k=5).cache_hit
+    assert not calls
+    # same seed → identical patches and votes
+    a1 = full_app.analyze(str(EXAMPLE), app.PAPER_MODEL, k=15, seed=4)
+    a2 = full_app.analyze(str(EXAMPLE), app.PAPER_MODEL, k=15, seed=4)
+    np.testing.assert_array_equal(a1.boxes, a2.boxes)
+    assert a1.result.votes == a2.result.votes
+
+
+def test_covidx_model_and_how_it_works(full_app: app.CXRApp) -> None:
+    a = full_app.analyze(str(EXAMPLE), app.COVIDX_MODEL, k=10, saliency_class="covid")
+    assert a.result.class_names == ["normal", "pneumonia", "covid"] and a.result.global_label is None
+    assert a.cache_hit is False or a.prepared is not None
+    gallery, note = app.steps(full_app.results.get(a.id))
+    captions = [c for _, c in gallery]
+    assert captions[0].startswith("1.") and any("Probabilistic Grad-CAM" in c for c in captions)
+    assert "K = 10" in note
+    assert app.steps(None)[0] == []
+
+
+# ------------------------------------------------------------------------------------------------- errors in the UI
+
+
+def test_handler_turns_input_errors_into_gr_error(full_app: app.CXRApp, tmp_path: Path) -> None:
+    demo = app.build_demo(full_app)
+    analyze = handler(demo)
+    corrupt = tmp_path / "scan.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 20)
+    from cxr_hub import CXRInputError, load_image
+
+    with pytest.raises(CXRInputError) as expected:
+        load_image(str(corrupt))
+    with pytest.raises(gr.Error) as err:
+        analyze(str(corrupt), app.PAPER_MODEL, 100, 224, 0, app.PREDICTED)
+    assert err.value.message == str(expected.value)  # the loader's own message, no traceback
+    assert "Traceback" not in err.value.message
+    not_an_image = tmp_path / "notes.txt"
+    not_an_image.write_text("hello")
+    with pytest.raises(gr.Error, match=r"(?i)image|format"):
+        analyze(str(not_an_image), app.PAPER_MODEL, 100, 224, 0, app.PREDICTED)
+    bad_calls = [
+        ((None, app.PAPER_MODEL, 100, 224, 0, app.PREDICTED), "Upload a chest X-ray"),
+        ((str(EXAMPLE), app.PAPER_MODEL, 0, 224, 0, app.PREDICTED), "K must be"),
+        ((str(EXAMPLE), app.PAPER_MODEL, 100, 230, 0, app.PREDICTED), "Patch size must be"),
+        ((str(EXAMPLE), app.PAPER_MODEL, 100, 224, -1, app.PREDICTED), "Seed must be"),
+        ((str(EXAMPLE), app.PAPER_MODEL, 100, 224, 0, "covid"), "Unknown class"),
+        ((str(EXAMPLE), "Some other model", 100, 224, 0, app.PREDICTED), "Unknown model"),
+    ]
+    for args, message in bad_calls:
+        with pytest.raises(gr.Error, match=message):
+            analyze(*args)
+    # a control moved before any image was chosen changes nothing (and raises nothing)
+    live = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "analyze_live")
+    assert all(out == gr.skip() for out in live(None, app.PAPER_MODEL, 50, 224, 0, app.PREDICTED))
+
+
+def test_no_lung_is_a_user_error(tmp_path: Path, empty_models_dir: Path) -> None:
+    from cxr_hub import FCDenseNetConfig, FCDenseNetForSemanticSegmentation
+
+    seg = FCDenseNetForSemanticSegmentation(
+        FCDenseNetConfig(preset="fcdensenet56", down_blocks=[2], bottleneck_layers=1, growth_rate=2, image_size=32)
+    )
+    with torch.no_grad():
+        seg.classifier.bias.copy_(torch.tensor([50.0, 0.0, 0.0, 0.0]))  # everything is background
+    seg.save_pretrained(tmp_path / "seg")
+    engine = app.CXRApp({"CXR_HUB_SEGMENTATION": str(tmp_path / "seg")}, empty_models_dir, device="cpu")
+    with pytest.raises(gr.Error, match="No lung found"):
+        handler(app.build_demo(engine))(str(EXAMPLE), app.PAPER_MODEL, 10, 224, 0, app.PREDICTED)
+
+
+def dicom_bytes(pixels: np.ndarray, **elements: str) -> bytes:
+    """A minimal DICOM (Part 10) with the given header elements."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.7"
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    for key, value in elements.items():
+        setattr(ds, key, value)
+    ds.PixelData = pixels.astype("<u2").tobytes()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_dicom_identifiers_never_reach_outputs(full_app: app.CXRApp, tmp_path: Path) -> None:
+    from PIL import Image
+
+    pixels = (np.asarray(Image.open(EXAMPLE).convert("L").resize((256, 256)), np.uint16) * 16).clip(0, 4095)
+    secret = {"PatientName": "Doe^Jane", "PatientID": "ID-937251", "InstitutionName": "St Example Hospital"}
+    path = tmp_path / "Doe_Jane_ID-937251.dcm"  # file names can carry identifiers too
+    path.write_bytes(dicom_bytes(pixels, **secret))
+    a = full_app.analyze(str(path), app.PAPER_MODEL, k=10)
+    outputs = app.render(a, full_app)
+    texts = [o for o in outputs if isinstance(o, str)]
+    texts += [json.dumps(outputs[9]), *(Path(f).read_text() for f in outputs[10] if f.endswith(".json"))]
+    for text in texts:
+        for needle in ("Doe", "Jane", "937251", "Hospital", "Doe_Jane"):
+            assert needle not in text
+
+
+def test_upload_purged_from_disk_is_still_served_from_cache(full_app: app.CXRApp, tmp_path: Path) -> None:
+    upload = tmp_path / "upload.jpg"
+    upload.write_bytes(EXAMPLE.read_bytes())
+    full_app.analyze(str(upload), app.PAPER_MODEL, k=5)
+    upload.unlink()  # what Gradio's delete_cache does
+    assert full_app.analyze(str(upload), app.PAPER_MODEL, k=6).cache_hit
+    full_app.prepared.clear()
+    with pytest.raises(app.AppInputError, match="upload it again"):
+        full_app.analyze(str(upload), app.PAPER_MODEL, k=6)
+
+
+# ------------------------------------------------------------------------------------------- gradio_client end-to-end
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_gradio_client_end_to_end(full_app: app.CXRApp, tmp_path: Path) -> None:
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    demo = app.build_demo(full_app)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.launch_kwargs())
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "dl"))
+        api = client.view_api(print_info=False, return_format="dict")
+        assert list(api["named_endpoints"]) == ["/analyze"]  # the UI's other events are private
+        results = []
+        for k in (30, 45):  # analyse an example, then "move the K slider"
+            out = client.predict(
+                image=handle_file(str(EXAMPLE)),
+                model=app.PAPER_MODEL,
+                k=k,
+                patch_size=224,
+                seed=0,
+                saliency_class=app.PREDICTED,
+                api_name="/analyze",
+            )
+            assert len(out) == len(app.OUTPUT_NAMES)
+            summary, seg, votes, fractions, cam, gcam, biomarkers, triage, details, result, report = out
+            assert "Majority vote" in summary and "cardiothoracic ratio" in biomarkers and "Device:" in details
+            assert Path(seg["image"]["path"] if isinstance(seg["image"], dict) else seg["image"]).is_file()
+            assert [a["label"] for a in seg["annotations"]] == ["heart", "left lung", "right lung", "sampled patches"]
+            assert votes is not None and fractions["label"] is not None
+            assert Path(cam).is_file() and Path(gcam).is_file()
+            assert "education, not advice" in triage
+            assert result["k"] == k and sum(result["votes"].values()) == k
+            assert sum(result["vote_fraction"].values()) == pytest.approx(1.0)
+            for stats in result["saliency_stats"].values():
+                assert 0.0 <= stats["min"] <= stats["max"] <= 1.0 and not math.isnan(stats["max"])
+            assert len(report) == 2 and {Path(p).suffix for p in report} == {".json", ".png"}
+            saved = json.loads(Path(next(p for p in report if p.endswith(".json"))).read_text())
+            assert len(saved["patch_boxes"]) == k
+            results.append(result)
+        assert results[1]["cache"] == "hit" and results[0]["label"] in results[0]["class_names"]
+        with pytest.raises(AppError, match="less than minimum"):  # Gradio checks the slider range itself
+            client.predict(handle_file(str(EXAMPLE)), app.PAPER_MODEL, 0, 224, 0, app.PREDICTED, api_name="/analyze")
+    finally:
+        demo.close()
