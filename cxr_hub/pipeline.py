@@ -11,6 +11,12 @@ Two halves, so an interactive app can cache the expensive, parameter-free part:
 Every preprocessing parameter (frame size, gamma, equalisation, mean/std, network input size, default patch size
 and K) comes from the models' configs through :func:`cxr_hub.image_processor_for`; nothing is hard-coded here.
 
+Segmentation-only mode: ``classifier_model=None``. :meth:`CXRPipeline.prepare` still segments and builds the frame
+(its parameters then come from ``frame_config``, by default ``PatchClassifierConfig()``: the paper's 1024 frame,
+gamma 0.5, equalisation, 224 patches, K = 100), and :meth:`CXRPipeline.sample_patches` places the patches exactly as
+:meth:`CXRPipeline.analyze` would; ``analyze`` itself raises :class:`NoClassifierError`. Nothing is ever classified
+with weights that were not loaded.
+
 Rules (see :mod:`cxr_hub.patches` and :mod:`cxr_hub.saliency` for the functions):
 
 * Patch centres are drawn jointly and uniformly from the lung pixels of the lung mask resized (nearest) to the
@@ -59,12 +65,20 @@ from .patches import SAMPLING_MODES, crop_patches, majority_vote, sample_patch_b
 from .preprocessing import map_boxes, preprocess_cxr, resize_image, resize_label_map
 from .saliency import gradcam_from_features, normalize_cams, probabilistic_gradcam
 
-__all__ = ["PRECISIONS", "CXRPipeline", "PipelineResult", "PreparedImage"]
+__all__ = ["PRECISIONS", "CXRPipeline", "NoClassifierError", "PatchSample", "PipelineResult", "PreparedImage"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
 #: Below this share of the image segmented as lung, a result is flagged as unreliable.
 DEFAULT_MIN_LUNG_FRACTION = 0.05
+
+#: The config fields the classifier frame and the patch defaults depend on; a ``frame_config`` given together with a
+#: classifier must agree with the classifier's config on all of them.
+FRAME_FIELDS = ("image_size", "do_equalize", "gamma", "image_mean", "image_std", "patch_size", "num_patches")
+
+
+class NoClassifierError(RuntimeError):
+    """Classification was asked of a segmentation-only :class:`CXRPipeline` (built with ``classifier_model=None``)."""
 
 
 def _normalised_frame(processor: CXRImageProcessor, preprocessed: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -99,13 +113,13 @@ class PreparedImage:
 
     Attributes:
         image: (H, W) float32 original gray image from :func:`cxr_hub.load_image`.
-        preprocessed: (H, W) float32 in [0, 255], :func:`cxr_hub.preprocess_cxr` with the classifier's gamma and
+        preprocessed: (H, W) float32 in [0, 255], :func:`cxr_hub.preprocess_cxr` with the frame config's gamma and
             equalisation.
         preprocess_params: ``(do_equalize, gamma)`` used for ``preprocessed``.
         label_map: (H, W) uint8, 0 background / 1 heart / 2 left lung / 3 right lung.
         lung_mask: (H, W) bool, left | right lung.
-        frame: (S, S) float32 classifier frame (S = classifier ``image_size``, 1024): preprocessed, resized, zero
-            gray level outside the lungs, then normalised with the classifier's mean/std.
+        frame: (S, S) float32 classifier frame (S = the frame config's ``image_size``, 1024): preprocessed,
+            resized, zero gray level outside the lungs, then normalised with the frame config's mean/std.
         frame_mask: (S, S) bool lung mask in that frame (nearest resize of ``lung_mask``); patch centres come from it.
         biomarkers: cardiothoracic ratio, lung intensity, lung areas.
         timings: ms per stage (load, preprocess, segment, biomarkers, total).
@@ -132,6 +146,27 @@ class PreparedImage:
     def lung_fraction(self) -> float:
         """Share of the image's pixels segmented as lung, in [0, 1]."""
         return float(self.lung_mask.mean())
+
+
+@dataclass
+class PatchSample:
+    """The patches :meth:`CXRPipeline.analyze` classifies for a (prepared image, K, patch size, seed).
+
+    Attributes:
+        centers_1024: (k, 2) int64 ``(x, y)`` sampled centres in the classifier frame (1024).
+        boxes_1024: (k, 4) int64 ``(x0, y0, x1, y1)`` patch edges in the classifier frame.
+        boxes: (k, 4) float64 the same edges in original-image pixels (not rounded).
+        k: number of patches.
+        patch_size: patch side as cut from the classifier frame.
+        seed: seed of the sampler.
+    """
+
+    centers_1024: np.ndarray
+    boxes_1024: np.ndarray
+    boxes: np.ndarray
+    k: int
+    patch_size: int
+    seed: int | None
 
 
 @dataclass
@@ -253,6 +288,35 @@ class _Timer:
             self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - start) * 1e3
 
 
+def _frame_config(
+    classifier_config: PatchClassifierConfig | None, frame_config: PatchClassifierConfig | None
+) -> PatchClassifierConfig:
+    """The config the classifier frame follows: the classifier's, else ``frame_config``, else the paper's default."""
+    if frame_config is not None and not (
+        isinstance(frame_config, PatchClassifierConfig) and frame_config.mode == "patch"
+    ):
+        mode = getattr(frame_config, "mode", None)
+        raise TypeError(
+            "frame_config must be a PatchClassifierConfig with mode='patch' (it defines the 1024 classifier frame), "
+            f"got {type(frame_config).__name__}" + (f" with mode={mode!r}." if mode is not None else ".")
+        )
+    if classifier_config is None:
+        return frame_config if frame_config is not None else PatchClassifierConfig()
+    if frame_config is not None:
+        differ = [
+            f"{name}: classifier {getattr(classifier_config, name)!r} vs frame_config {getattr(frame_config, name)!r}"
+            for name in FRAME_FIELDS
+            if getattr(classifier_config, name) != getattr(frame_config, name)
+        ]
+        if differ:
+            raise ValueError(
+                "frame_config disagrees with the classifier's config, which defines the frame the classifier was "
+                f"trained on ({'; '.join(differ)}). Drop frame_config (the classifier's config is used) or make them "
+                "agree."
+            )
+    return classifier_config
+
+
 def _check_classifier(model: nn.Module, role: str, mode: str) -> PatchClassifierConfig:
     config = getattr(model, "config", None)
     if not isinstance(config, PatchClassifierConfig):
@@ -271,8 +335,11 @@ class CXRPipeline:
     Args:
         segmentation_model: FC-DenseNet / U-Net segmentation model (``config.image_size``, 4 labels: background,
             heart, left lung, right lung).
-        classifier_model: patch classifier (``PatchClassifierConfig`` with ``mode="patch"``).
-        global_classifier: optional whole-image classifier (``mode="global"``) for comparison.
+        classifier_model: patch classifier (``PatchClassifierConfig`` with ``mode="patch"``), or None for the
+            segmentation-only mode (:meth:`prepare` and :meth:`sample_patches` work, :meth:`analyze` raises
+            :class:`NoClassifierError`).
+        global_classifier: optional whole-image classifier (``mode="global"``) for comparison; needs a patch
+            classifier.
         device: "cpu", "cuda", a torch.device, or None for CUDA when available, else CPU. The models are moved there
             (and converted to channels_last when ``channels_last``), in place.
         chunk_size: patches per forward pass; bounds memory (activations of ``chunk_size`` patches at a time).
@@ -285,12 +352,17 @@ class CXRPipeline:
             Grad-CAM values (maps are then not bounded by 1).
         sampling: "joint" (centres uniform over lung pixels) or "independent" (the authors' row/column scheme).
         min_lung_fraction: below this share of the image segmented as lung, the result carries a warning.
+        frame_config: a ``PatchClassifierConfig`` (``mode="patch"``) that defines the classifier frame (size, gamma,
+            equalisation, mean/std) and the default patch size and K when there is no classifier. None → the
+            classifier's config, or without a classifier ``PatchClassifierConfig()`` (the paper's settings). Given
+            together with a classifier, it must agree with the classifier's config on :data:`FRAME_FIELDS`
+            (the classifier's config is what the frame must match), else ValueError.
     """
 
     def __init__(
         self,
         segmentation_model: nn.Module,
-        classifier_model: nn.Module,
+        classifier_model: nn.Module | None = None,
         global_classifier: nn.Module | None = None,
         device: str | torch.device | None = None,
         chunk_size: int = 32,
@@ -299,6 +371,7 @@ class CXRPipeline:
         normalize_cams: bool = True,
         sampling: str = "joint",
         min_lung_fraction: float = DEFAULT_MIN_LUNG_FRACTION,
+        frame_config: PatchClassifierConfig | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
@@ -317,7 +390,12 @@ class CXRPipeline:
         seg_labels = {int(k): v for k, v in seg_config.id2label.items()}
         if seg_labels != SEGMENTATION_LABELS:
             raise ValueError(f"The segmentation model's labels must be {SEGMENTATION_LABELS}, got {seg_labels}.")
-        self.classifier_config = _check_classifier(classifier_model, "classifier", "patch")
+        if classifier_model is None and global_classifier is not None:
+            raise ValueError("A global classifier needs a patch classifier (classifier_model is None).")
+        self.classifier_config: PatchClassifierConfig | None = (
+            _check_classifier(classifier_model, "classifier", "patch") if classifier_model is not None else None
+        )
+        self.frame_config: PatchClassifierConfig = _frame_config(self.classifier_config, frame_config)
         self.global_config = (
             _check_classifier(global_classifier, "global classifier", "global") if global_classifier else None
         )
@@ -328,11 +406,22 @@ class CXRPipeline:
         self.sampling = sampling
         self.min_lung_fraction = float(min_lung_fraction)
         self.segmentation_model = self._place(segmentation_model)
-        self.classifier_model = self._place(classifier_model)
+        self.classifier_model = self._place(classifier_model) if classifier_model is not None else None
         self.global_classifier = self._place(global_classifier) if global_classifier else None
         self.segmentation_processor = image_processor_for(seg_config)
-        self.classifier_processor = image_processor_for(self.classifier_config)
+        #: the classifier frame's processor (from :attr:`frame_config`); also in segmentation-only mode
+        self.frame_processor = image_processor_for(self.frame_config)
         self.global_processor = image_processor_for(self.global_config) if self.global_config else None
+
+    @property
+    def classifier_processor(self) -> CXRImageProcessor:
+        """The classifier frame's processor: same object as :attr:`frame_processor` (kept for existing callers)."""
+        return self.frame_processor
+
+    @property
+    def has_classifier(self) -> bool:
+        """A patch classifier is loaded (False: segmentation-only mode)."""
+        return self.classifier_model is not None
 
     @staticmethod
     def default_device() -> torch.device:
@@ -343,7 +432,7 @@ class CXRPipeline:
     def from_pretrained(
         cls,
         segmentation: str | Path,
-        classifier: str | Path,
+        classifier: str | Path | None = None,
         global_classifier: str | Path | None = None,
         device: str | torch.device | None = None,
         **kwargs: Any,
@@ -354,7 +443,7 @@ class CXRPipeline:
 
         Args:
             segmentation: segmentation model repo id or folder.
-            classifier: patch classifier repo id or folder.
+            classifier: patch classifier repo id or folder; None → segmentation-only mode.
             global_classifier: optional global classifier repo id or folder.
             device: as in the constructor.
             **kwargs: further constructor arguments (chunk_size, precision, ...).
@@ -362,7 +451,7 @@ class CXRPipeline:
         from transformers import AutoModel
 
         seg = AutoModel.from_pretrained(str(segmentation)).eval()
-        clf = AutoModel.from_pretrained(str(classifier)).eval()
+        clf = AutoModel.from_pretrained(str(classifier)).eval() if classifier is not None else None
         glob = AutoModel.from_pretrained(str(global_classifier)).eval() if global_classifier is not None else None
         return cls(seg, clf, glob, device=device, **kwargs)
 
@@ -381,8 +470,17 @@ class CXRPipeline:
 
     @property
     def class_names(self) -> list[str]:
-        """The patch classifier's classes in index order."""
-        return [self.classifier_config.id2label[i] for i in range(self.classifier_config.num_labels)]
+        """The patch classifier's classes in index order ([] in segmentation-only mode: nothing is classified)."""
+        cfg = self.classifier_config
+        return [] if cfg is None else [cfg.id2label[i] for i in range(cfg.num_labels)]
+
+    def _require_classifier(self, what: str) -> tuple[nn.Module, PatchClassifierConfig]:
+        if self.classifier_model is None or self.classifier_config is None:
+            raise NoClassifierError(
+                f"no classifier loaded: this pipeline was built for segmentation only (classifier_model=None), so it "
+                f"cannot {what}. prepare() and sample_patches() work; load a patch classifier to classify."
+            )
+        return self.classifier_model, self.classifier_config
 
     # ------------------------------------------------------------------ prepare
 
@@ -402,7 +500,7 @@ class CXRPipeline:
         start = time.perf_counter()
         with timer.stage("load"):
             img = load_image(image)
-        cls_proc, seg_proc = self.classifier_processor, self.segmentation_processor
+        cls_proc, seg_proc = self.frame_processor, self.segmentation_processor
         params = (cls_proc.do_equalize, cls_proc.gamma)
         with timer.stage("preprocess"):
             pre = preprocess_cxr(img, equalize=params[0], gamma=params[1])
@@ -503,8 +601,7 @@ class CXRPipeline:
             ``(probs, cams)``: float32 (K, C) softmax probabilities on the CPU and float32 (K, C, h, w) un-normalised
             Grad-CAM maps (after ReLU) of every class, on the pipeline's device.
         """
-        model = self.classifier_model
-        cfg = self.classifier_config
+        model, cfg = self._require_classifier("classify patches")
         frame_t = torch.as_tensor(frame, dtype=torch.float32).to(self.device)
         weight = model.classifier.weight.detach().float()
         all_classes = list(range(cfg.num_labels))
@@ -521,6 +618,46 @@ class CXRPipeline:
                 # fp32 outside autocast: K x C x 7 x 7 maps are cheap, and bf16 would blur the small differences
                 cams.append(gradcam_from_features(features.float(), weight, all_classes, normalize=False))
         return torch.cat(probs).cpu(), torch.cat(cams)
+
+    def sample_patches(
+        self,
+        prepared: PreparedImage,
+        k: int | None = None,
+        patch_size: int | None = None,
+        seed: int | None = 0,
+    ) -> PatchSample:
+        """The patches :meth:`analyze` would classify, without classifying (works in segmentation-only mode).
+
+        Same sampler, same ``sampling`` mode and the same use of ``np.random.default_rng(seed)`` as :meth:`analyze`
+        (which calls this), so the same arguments give the same boxes.
+
+        Args:
+            prepared: from :meth:`prepare`.
+            k: number of patches; None → the frame config's ``num_patches`` (the paper: 100).
+            patch_size: patch side in the classifier frame; None → the frame config's ``patch_size`` (224).
+            seed: sampler seed; None draws fresh entropy.
+
+        Raises:
+            ValueError: k < 1, or a patch size outside 1 … frame side.
+        """
+        cfg = self.frame_config
+        k = cfg.num_patches if k is None else int(k)
+        patch_size = cfg.patch_size if patch_size is None else int(patch_size)
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}.")
+        frame_shape = prepared.frame.shape
+        if not 1 <= patch_size <= min(frame_shape):
+            raise ValueError(f"patch_size must be between 1 and the classifier frame side {min(frame_shape)}.")
+        rng = np.random.default_rng(seed)
+        centers, boxes = sample_patch_boxes(prepared.frame_mask, k, patch_size, rng, mode=self.sampling)
+        return PatchSample(
+            centers_1024=centers,
+            boxes_1024=boxes,
+            boxes=map_boxes(boxes, frame_shape, prepared.original_size),
+            k=k,
+            patch_size=patch_size,
+            seed=seed,
+        )
 
     def analyze(
         self,
@@ -543,18 +680,18 @@ class CXRPipeline:
 
         Returns:
             PipelineResult.
+
+        Raises:
+            NoClassifierError: segmentation-only pipeline (use :meth:`sample_patches` for the patch positions).
+            ValueError: k < 1, a patch size outside 1 … frame side, an unknown saliency class.
         """
-        cfg = self.classifier_config
+        _, cfg = self._require_classifier("analyze (vote and saliency)")
         names = self.class_names
-        k = cfg.num_patches if k is None else int(k)
-        patch_size = cfg.patch_size if patch_size is None else int(patch_size)
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}.")
-        frame_shape = prepared.frame.shape
-        if not 1 <= patch_size <= min(frame_shape):
-            raise ValueError(f"patch_size must be between 1 and the classifier frame side {min(frame_shape)}.")
         timer = _Timer(self.device)
         start = time.perf_counter()
+        with timer.stage("sample"):
+            sample = self.sample_patches(prepared, k, patch_size, seed)
+        k, patch_size, centers, boxes = sample.k, sample.patch_size, sample.centers_1024, sample.boxes_1024
         notes = list(prepared.warnings)
         if patch_size != cfg.patch_size:
             notes.append(
@@ -568,9 +705,6 @@ class CXRPipeline:
                 f"{', '.join(untrained)}"
             )
 
-        with timer.stage("sample"):
-            rng = np.random.default_rng(seed)
-            centers, boxes = sample_patch_boxes(prepared.frame_mask, k, patch_size, rng, mode=self.sampling)
         with timer.stage("classify"):
             probs_t, cams_all = self.classify_patches(prepared.frame, boxes)
             probs = probs_t.numpy()
@@ -601,7 +735,7 @@ class CXRPipeline:
             class_names=names,
             label_map=prepared.label_map,
             lung_mask=prepared.lung_mask,
-            patch_boxes=map_boxes(boxes, frame_shape, prepared.original_size),
+            patch_boxes=sample.boxes,
             patch_boxes_1024=boxes,
             patch_centers_1024=centers,
             saliency=saliency,
@@ -684,6 +818,7 @@ class CXRPipeline:
         saliency_classes: str | Sequence[str | int] | None = None,
     ) -> PipelineResult:
         """:meth:`prepare` then :meth:`analyze` (see there for the arguments)."""
+        self._require_classifier("analyze (vote and saliency)")  # before the segmentation, not after
         start = time.perf_counter()
         result = self.analyze(
             self.prepare(image), k=k, patch_size=patch_size, seed=seed, saliency_classes=saliency_classes

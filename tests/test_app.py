@@ -1,4 +1,5 @@
-"""The Gradio app (``app.py``): model discovery, honest modes, caching, errors, and a gradio_client end-to-end run.
+"""The demo: its engine (``cxr_hub.demo``: model discovery, honest modes, caching, errors) and its Gradio UI
+(``app.py``: rendering, ``gr.Error``, and a gradio_client end-to-end run).
 
 Tiny random models are saved with ``save_pretrained`` into temporary folders and handed to the app through the
 same environment variables a deployment uses; the UI then shows their (meaningless) outputs, which is what these
@@ -11,12 +12,17 @@ import io
 import json
 import math
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT
+
+from cxr_hub import demo
+from cxr_hub.pipeline import NoClassifierError
 
 gr = pytest.importorskip("gradio")
 app = pytest.importorskip("app")
@@ -101,8 +107,8 @@ def empty_models_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def full_app(tiny_models, empty_models_dir) -> app.CXRApp:
-    return app.CXRApp(env_for(tiny_models, "seg", "clf4", "clf3", "glob4"), empty_models_dir, device="cpu")
+def full_app(tiny_models, empty_models_dir) -> demo.CXRApp:
+    return demo.CXRApp(env_for(tiny_models, "seg", "clf4", "clf3", "glob4"), empty_models_dir, device="cpu")
 
 
 def named(outputs: tuple) -> dict:
@@ -110,9 +116,9 @@ def named(outputs: tuple) -> dict:
     return dict(zip(app.OUTPUT_NAMES, outputs[: len(app.OUTPUT_NAMES)], strict=True))
 
 
-def handler(demo: gr.Blocks, api_name: str = "analyze"):
+def handler(blocks: gr.Blocks, api_name: str = "analyze"):
     """The Python function behind a named endpoint of a built demo."""
-    return next(f.fn for f in demo.fns.values() if f.api_name == api_name)
+    return next(f.fn for f in blocks.fns.values() if f.api_name == api_name)
 
 
 # ------------------------------------------------------------------------------------------------ model discovery
@@ -120,32 +126,45 @@ def handler(demo: gr.Blocks, api_name: str = "analyze"):
 
 def test_discover_models_defaults_env_and_repo_ids(tmp_path: Path, tiny_models) -> None:
     models_dir = tmp_path / "models"
-    s = app.discover_models(app.PAPER_MODEL, {}, models_dir)
+    s = demo.discover_models(demo.PAPER_MODEL, {}, models_dir)
     assert (s.segmentation, s.classifier, s.global_classifier, s.notes) == (None, None, None, ())
     # default folders under models/
     (models_dir / "cxr-lung-seg-fcdensenet103").mkdir(parents=True)
     (models_dir / "cxr-lung-seg-fcdensenet103" / "config.json").write_text("{}")
-    s = app.discover_models(app.COVIDX_MODEL, {}, models_dir)
+    s = demo.discover_models(demo.COVIDX_MODEL, {}, models_dir)
     assert s.segmentation == str(models_dir / "cxr-lung-seg-fcdensenet103") and s.label_set == "label3"
     assert s.global_classifier is None  # the COVIDx choice has no global model
     # env overrides: a folder, a Hub repo id, and a value that is neither
     env = {"CXR_HUB_CLASSIFIER": str(tiny_models["clf4"]), "CXR_HUB_GLOBAL_CLASSIFIER": "someone/cxr-global"}
-    s = app.discover_models(app.PAPER_MODEL, env, models_dir)
+    s = demo.discover_models(demo.PAPER_MODEL, env, models_dir)
     assert s.classifier == str(tiny_models["clf4"]) and s.global_classifier == "someone/cxr-global"
-    s = app.discover_models(app.PAPER_MODEL, {"CXR_HUB_SEGMENTATION": str(tmp_path)}, models_dir)
+    s = demo.discover_models(demo.PAPER_MODEL, {"CXR_HUB_SEGMENTATION": str(tmp_path)}, models_dir)
     assert s.segmentation is None and "CXR_HUB_SEGMENTATION" in s.notes[0]
     with pytest.raises(ValueError, match="Unknown model"):
-        app.discover_models("GPT", {}, models_dir)
+        demo.discover_models("GPT", {}, models_dir)
+
+
+def test_engine_needs_no_gradio_and_app_reexports_it() -> None:
+    """``cxr_hub.demo`` is library code: it imports without gradio and pandas (the ``app`` extra)."""
+    code = (
+        "import sys; sys.modules['gradio'] = None; sys.modules['pandas'] = None\n"
+        "import cxr_hub.demo as d; e = d.CXRApp({}, d.MODELS_DIR / 'does-not-exist', device='cpu')\n"
+        "assert e.models(d.PAPER_MODEL).mode == 'no_models'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for name in ("CXRApp", "discover_models", "PAPER_MODEL", "COVIDX_MODEL", "PREDICTED", "AppInputError", "steps"):
+        assert getattr(app, name) is getattr(demo, name)
 
 
 # -------------------------------------------------------------------------------------------------- honest modes
 
 
 def test_no_models_app_starts_and_explains(empty_models_dir: Path) -> None:
-    engine = app.CXRApp({}, empty_models_dir, device="cpu")
-    demo = app.build_demo(engine)
+    engine = demo.CXRApp({}, empty_models_dir, device="cpu")
+    blocks = app.build_demo(engine)
     assert "No trained models are shipped yet" in app._models_status(engine)
-    o = named(handler(demo)(str(EXAMPLE), app.PAPER_MODEL, 100, 224, 0, app.PREDICTED))
+    o = named(handler(blocks)(str(EXAMPLE), demo.PAPER_MODEL, 100, 224, 0, demo.PREDICTED))
     assert "No trained models are shipped yet" in o["summary"]
     for key in ("votes_plot", "vote_fractions", "probabilistic_gradcam", "global_gradcam", "report"):
         assert o[key] is None
@@ -155,8 +174,8 @@ def test_no_models_app_starts_and_explains(empty_models_dir: Path) -> None:
 
 
 def test_segmentation_only_never_classifies(tiny_models, empty_models_dir: Path) -> None:
-    engine = app.CXRApp(env_for(tiny_models, "seg"), empty_models_dir, device="cpu")
-    a = engine.analyze(str(EXAMPLE), app.PAPER_MODEL, k=30, patch_size=224, seed=3)
+    engine = demo.CXRApp(env_for(tiny_models, "seg"), empty_models_dir, device="cpu")
+    a = engine.analyze(str(EXAMPLE), demo.PAPER_MODEL, k=30, patch_size=224, seed=3)
     assert a.models.mode == "segmentation_only" and a.result is None
     assert a.boxes is not None and len(a.boxes) == 30 and a.prepared is not None
     o = named(app.render(a, engine))
@@ -168,16 +187,21 @@ def test_segmentation_only_never_classifies(tiny_models, empty_models_dir: Path)
     assert result["label"] is None and result["votes"] is None and result["num_patch_boxes"] == 30
     assert result["mode"] == "segmentation_only" and result["models"]["classifier"] is None
     assert "No classification" in o["triage"] and "cardiothoracic ratio" in o["biomarkers"]
-    assert app.PAPER_REFERENCE_PENDING in o["biomarkers"]  # never invented reference numbers
+    assert demo.PAPER_REFERENCE_PENDING in o["biomarkers"]  # never invented reference numbers
     report_json = json.loads(Path(o["report"][0]).read_text())
     assert len(report_json["patch_boxes"]) == 30 and report_json["label"] is None
-    # the stand-in classifier refuses to classify, so random weights can never produce a vote
-    with pytest.raises(RuntimeError, match="never classifies"):
-        a.models.pipeline.analyze(a.prepared, k=2)
+    # a segmentation-only pipeline: no classifier at all, so random weights can never produce a vote
+    pipe = a.models.pipeline
+    assert pipe.classifier_model is None and not pipe.has_classifier
+    with pytest.raises(NoClassifierError, match="no classifier loaded"):
+        pipe.analyze(a.prepared, k=2)
+    # the boxes are the ones the pipeline's sampler gives (what a classifier would classify), the paper's frame
+    np.testing.assert_array_equal(a.boxes_1024, pipe.sample_patches(a.prepared, 30, 224, 3).boxes_1024)
+    assert a.prepared.frame.shape == (1024, 1024)
 
 
-def test_full_analysis_outputs_consistent(full_app: app.CXRApp) -> None:
-    a = full_app.analyze(str(EXAMPLE), app.PAPER_MODEL, k=40, patch_size=224, seed=0, saliency_class="normal")
+def test_full_analysis_outputs_consistent(full_app: demo.CXRApp) -> None:
+    a = full_app.analyze(str(EXAMPLE), demo.PAPER_MODEL, k=40, patch_size=224, seed=0, saliency_class="normal")
     r = a.result
     assert a.models.mode == "full" and r is not None and not a.cache_hit
     assert sum(r.votes.values()) == 40 and r.k == 40
@@ -205,45 +229,45 @@ def test_full_analysis_outputs_consistent(full_app: app.CXRApp) -> None:
     json.dumps(result, allow_nan=False)  # strict JSON for the API
 
 
-def test_slider_change_reuses_segmentation(full_app: app.CXRApp, tmp_path: Path, monkeypatch) -> None:
-    first = full_app.analyze(str(EXAMPLE), app.PAPER_MODEL, k=20, seed=0)
+def test_slider_change_reuses_segmentation(full_app: demo.CXRApp, tmp_path: Path, monkeypatch) -> None:
+    first = full_app.analyze(str(EXAMPLE), demo.PAPER_MODEL, k=20, seed=0)
     seg_model = first.models.pipeline.segmentation_model
     calls = []
     monkeypatch.setattr(seg_model, "forward", lambda *a, **k: calls.append(1) or pytest.fail("segmented again"))
     for k, patch, seed in ((25, 224, 0), (25, 256, 0), (25, 224, 7)):
-        again = full_app.analyze(str(EXAMPLE), app.PAPER_MODEL, k=k, patch_size=patch, seed=seed)
+        again = full_app.analyze(str(EXAMPLE), demo.PAPER_MODEL, k=k, patch_size=patch, seed=seed)
         assert again.cache_hit and again.prepared is first.prepared and sum(again.result.votes.values()) == k
     # keyed by the pixels, not the file name: a renamed copy hits the cache, a different image does not
     copy = tmp_path / "renamed.jpg"
     copy.write_bytes(EXAMPLE.read_bytes())
-    assert full_app.analyze(str(copy), app.PAPER_MODEL, k=5).cache_hit
+    assert full_app.analyze(str(copy), demo.PAPER_MODEL, k=5).cache_hit
     monkeypatch.undo()
-    assert not full_app.analyze(str(NORMAL_EXAMPLE), app.PAPER_MODEL, k=5).cache_hit
+    assert not full_app.analyze(str(NORMAL_EXAMPLE), demo.PAPER_MODEL, k=5).cache_hit
     assert not calls
     # same seed → identical patches and votes
-    a1 = full_app.analyze(str(EXAMPLE), app.PAPER_MODEL, k=15, seed=4)
-    a2 = full_app.analyze(str(EXAMPLE), app.PAPER_MODEL, k=15, seed=4)
+    a1 = full_app.analyze(str(EXAMPLE), demo.PAPER_MODEL, k=15, seed=4)
+    a2 = full_app.analyze(str(EXAMPLE), demo.PAPER_MODEL, k=15, seed=4)
     np.testing.assert_array_equal(a1.boxes, a2.boxes)
     assert a1.result.votes == a2.result.votes
 
 
-def test_covidx_model_and_how_it_works(full_app: app.CXRApp) -> None:
-    a = full_app.analyze(str(EXAMPLE), app.COVIDX_MODEL, k=10, saliency_class="covid")
+def test_covidx_model_and_how_it_works(full_app: demo.CXRApp) -> None:
+    a = full_app.analyze(str(EXAMPLE), demo.COVIDX_MODEL, k=10, saliency_class="covid")
     assert a.result.class_names == ["normal", "pneumonia", "covid"] and a.result.global_label is None
     assert a.cache_hit is False or a.prepared is not None
-    gallery, note = app.steps(full_app.results.get(a.id))
+    gallery, note = demo.steps(full_app.results.get(a.id))
     captions = [c for _, c in gallery]
     assert captions[0].startswith("1.") and any("Probabilistic Grad-CAM" in c for c in captions)
     assert "K = 10" in note
-    assert app.steps(None)[0] == []
+    assert demo.steps(None)[0] == []
 
 
 # ------------------------------------------------------------------------------------------------- errors in the UI
 
 
-def test_handler_turns_input_errors_into_gr_error(full_app: app.CXRApp, tmp_path: Path) -> None:
-    demo = app.build_demo(full_app)
-    analyze = handler(demo)
+def test_handler_turns_input_errors_into_gr_error(full_app: demo.CXRApp, tmp_path: Path) -> None:
+    blocks = app.build_demo(full_app)
+    analyze = handler(blocks)
     corrupt = tmp_path / "scan.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 20)
     from cxr_hub import CXRInputError, load_image
@@ -251,27 +275,27 @@ def test_handler_turns_input_errors_into_gr_error(full_app: app.CXRApp, tmp_path
     with pytest.raises(CXRInputError) as expected:
         load_image(str(corrupt))
     with pytest.raises(gr.Error) as err:
-        analyze(str(corrupt), app.PAPER_MODEL, 100, 224, 0, app.PREDICTED)
+        analyze(str(corrupt), demo.PAPER_MODEL, 100, 224, 0, demo.PREDICTED)
     assert err.value.message == str(expected.value)  # the loader's own message, no traceback
     assert "Traceback" not in err.value.message
     not_an_image = tmp_path / "notes.txt"
     not_an_image.write_text("hello")
     with pytest.raises(gr.Error, match=r"(?i)image|format"):
-        analyze(str(not_an_image), app.PAPER_MODEL, 100, 224, 0, app.PREDICTED)
+        analyze(str(not_an_image), demo.PAPER_MODEL, 100, 224, 0, demo.PREDICTED)
     bad_calls = [
-        ((None, app.PAPER_MODEL, 100, 224, 0, app.PREDICTED), "Upload a chest X-ray"),
-        ((str(EXAMPLE), app.PAPER_MODEL, 0, 224, 0, app.PREDICTED), "K must be"),
-        ((str(EXAMPLE), app.PAPER_MODEL, 100, 230, 0, app.PREDICTED), "Patch size must be"),
-        ((str(EXAMPLE), app.PAPER_MODEL, 100, 224, -1, app.PREDICTED), "Seed must be"),
-        ((str(EXAMPLE), app.PAPER_MODEL, 100, 224, 0, "covid"), "Unknown class"),
-        ((str(EXAMPLE), "Some other model", 100, 224, 0, app.PREDICTED), "Unknown model"),
+        ((None, demo.PAPER_MODEL, 100, 224, 0, demo.PREDICTED), "Upload a chest X-ray"),
+        ((str(EXAMPLE), demo.PAPER_MODEL, 0, 224, 0, demo.PREDICTED), "K must be"),
+        ((str(EXAMPLE), demo.PAPER_MODEL, 100, 230, 0, demo.PREDICTED), "Patch size must be"),
+        ((str(EXAMPLE), demo.PAPER_MODEL, 100, 224, -1, demo.PREDICTED), "Seed must be"),
+        ((str(EXAMPLE), demo.PAPER_MODEL, 100, 224, 0, "covid"), "Unknown class"),
+        ((str(EXAMPLE), "Some other model", 100, 224, 0, demo.PREDICTED), "Unknown model"),
     ]
     for args, message in bad_calls:
         with pytest.raises(gr.Error, match=message):
             analyze(*args)
     # a control moved before any image was chosen changes nothing (and raises nothing)
-    live = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "analyze_live")
-    assert all(out == gr.skip() for out in live(None, app.PAPER_MODEL, 50, 224, 0, app.PREDICTED))
+    live = next(f.fn for f in blocks.fns.values() if getattr(f.fn, "__name__", "") == "analyze_live")
+    assert all(out == gr.skip() for out in live(None, demo.PAPER_MODEL, 50, 224, 0, demo.PREDICTED))
 
 
 def test_no_lung_is_a_user_error(tmp_path: Path, empty_models_dir: Path) -> None:
@@ -283,9 +307,9 @@ def test_no_lung_is_a_user_error(tmp_path: Path, empty_models_dir: Path) -> None
     with torch.no_grad():
         seg.classifier.bias.copy_(torch.tensor([50.0, 0.0, 0.0, 0.0]))  # everything is background
     seg.save_pretrained(tmp_path / "seg")
-    engine = app.CXRApp({"CXR_HUB_SEGMENTATION": str(tmp_path / "seg")}, empty_models_dir, device="cpu")
+    engine = demo.CXRApp({"CXR_HUB_SEGMENTATION": str(tmp_path / "seg")}, empty_models_dir, device="cpu")
     with pytest.raises(gr.Error, match="No lung found"):
-        handler(app.build_demo(engine))(str(EXAMPLE), app.PAPER_MODEL, 10, 224, 0, app.PREDICTED)
+        handler(app.build_demo(engine))(str(EXAMPLE), demo.PAPER_MODEL, 10, 224, 0, demo.PREDICTED)
 
 
 def dicom_bytes(pixels: np.ndarray, **elements: str) -> bytes:
@@ -312,14 +336,14 @@ def dicom_bytes(pixels: np.ndarray, **elements: str) -> bytes:
     return buf.getvalue()
 
 
-def test_dicom_identifiers_never_reach_outputs(full_app: app.CXRApp, tmp_path: Path) -> None:
+def test_dicom_identifiers_never_reach_outputs(full_app: demo.CXRApp, tmp_path: Path) -> None:
     from PIL import Image
 
     pixels = (np.asarray(Image.open(EXAMPLE).convert("L").resize((256, 256)), np.uint16) * 16).clip(0, 4095)
     secret = {"PatientName": "Doe^Jane", "PatientID": "ID-937251", "InstitutionName": "St Example Hospital"}
     path = tmp_path / "Doe_Jane_ID-937251.dcm"  # file names can carry identifiers too
     path.write_bytes(dicom_bytes(pixels, **secret))
-    a = full_app.analyze(str(path), app.PAPER_MODEL, k=10)
+    a = full_app.analyze(str(path), demo.PAPER_MODEL, k=10)
     outputs = app.render(a, full_app)
     texts = [o for o in outputs if isinstance(o, str)]
     texts += [json.dumps(outputs[9]), *(Path(f).read_text() for f in outputs[10] if f.endswith(".json"))]
@@ -328,15 +352,15 @@ def test_dicom_identifiers_never_reach_outputs(full_app: app.CXRApp, tmp_path: P
             assert needle not in text
 
 
-def test_upload_purged_from_disk_is_still_served_from_cache(full_app: app.CXRApp, tmp_path: Path) -> None:
+def test_upload_purged_from_disk_is_still_served_from_cache(full_app: demo.CXRApp, tmp_path: Path) -> None:
     upload = tmp_path / "upload.jpg"
     upload.write_bytes(EXAMPLE.read_bytes())
-    full_app.analyze(str(upload), app.PAPER_MODEL, k=5)
+    full_app.analyze(str(upload), demo.PAPER_MODEL, k=5)
     upload.unlink()  # what Gradio's delete_cache does
-    assert full_app.analyze(str(upload), app.PAPER_MODEL, k=6).cache_hit
+    assert full_app.analyze(str(upload), demo.PAPER_MODEL, k=6).cache_hit
     full_app.prepared.clear()
-    with pytest.raises(app.AppInputError, match="upload it again"):
-        full_app.analyze(str(upload), app.PAPER_MODEL, k=6)
+    with pytest.raises(demo.AppInputError, match="upload it again"):
+        full_app.analyze(str(upload), demo.PAPER_MODEL, k=6)
 
 
 # ------------------------------------------------------------------------------------------- gradio_client end-to-end
@@ -349,13 +373,13 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_gradio_client_end_to_end(full_app: app.CXRApp, tmp_path: Path) -> None:
+def test_gradio_client_end_to_end(full_app: demo.CXRApp, tmp_path: Path) -> None:
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
-    demo = app.build_demo(full_app)
+    ui = app.build_demo(full_app)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.launch_kwargs())
+    ui.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.launch_kwargs())
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "dl"))
         api = client.view_api(print_info=False, return_format="dict")
@@ -364,11 +388,11 @@ def test_gradio_client_end_to_end(full_app: app.CXRApp, tmp_path: Path) -> None:
         for k in (30, 45):  # analyse an example, then "move the K slider"
             out = client.predict(
                 image=handle_file(str(EXAMPLE)),
-                model=app.PAPER_MODEL,
+                model=demo.PAPER_MODEL,
                 k=k,
                 patch_size=224,
                 seed=0,
-                saliency_class=app.PREDICTED,
+                saliency_class=demo.PREDICTED,
                 api_name="/analyze",
             )
             assert len(out) == len(app.OUTPUT_NAMES)
@@ -389,6 +413,6 @@ def test_gradio_client_end_to_end(full_app: app.CXRApp, tmp_path: Path) -> None:
             results.append(result)
         assert results[1]["cache"] == "hit" and results[0]["label"] in results[0]["class_names"]
         with pytest.raises(AppError, match="less than minimum"):  # Gradio checks the slider range itself
-            client.predict(handle_file(str(EXAMPLE)), app.PAPER_MODEL, 0, 224, 0, app.PREDICTED, api_name="/analyze")
+            client.predict(handle_file(str(EXAMPLE)), demo.PAPER_MODEL, 0, 224, 0, demo.PREDICTED, api_name="/analyze")
     finally:
-        demo.close()
+        ui.close()

@@ -19,7 +19,7 @@ from cxr_hub import (
     PatchClassifierForImageClassification,
 )
 from cxr_hub.cli import main as cli_main
-from cxr_hub.pipeline import CXRPipeline, PipelineResult, PreparedImage
+from cxr_hub.pipeline import FRAME_FIELDS, CXRPipeline, NoClassifierError, PatchSample, PipelineResult, PreparedImage
 from cxr_hub.saliency import reference_gradcam
 
 CLASSES = ["normal", "bacterial", "tuberculosis", "viral_covid"]
@@ -294,6 +294,70 @@ def test_constructor_validation(tiny_fcdensenet_config, classifier, global_class
         CXRPipeline(seg, seg)
 
 
+# ------------------------------------------------------------------------------------------ segmentation-only mode
+
+
+def test_segmentation_only_prepares_and_samples_like_the_full_pipeline(
+    tiny_fcdensenet_config, tiny_classifier_config, pipe, image
+):
+    seg = PatternSegmenter(tiny_fcdensenet_config, chest_labels)
+    only = CXRPipeline(seg, frame_config=tiny_classifier_config, device="cpu")
+    assert not only.has_classifier and only.classifier_model is None and only.classifier_config is None
+    assert only.class_names == [] and only.frame_config is tiny_classifier_config
+    assert only.classifier_processor is only.frame_processor
+    prepared, full_prepared = only.prepare(image), pipe.prepare(image)
+    for name in ("preprocessed", "label_map", "lung_mask", "frame", "frame_mask"):
+        np.testing.assert_array_equal(getattr(prepared, name), getattr(full_prepared, name))
+    assert prepared.biomarkers.to_dict() == full_prepared.biomarkers.to_dict()
+    # same sampler, same seed → the boxes the classifier would use
+    sample = only.sample_patches(prepared, k=9, patch_size=48, seed=5)
+    assert isinstance(sample, PatchSample) and (sample.k, sample.patch_size, sample.seed) == (9, 48, 5)
+    r = pipe.analyze(full_prepared, k=9, patch_size=48, seed=5)
+    np.testing.assert_array_equal(sample.boxes_1024, r.patch_boxes_1024)
+    np.testing.assert_array_equal(sample.centers_1024, r.patch_centers_1024)
+    np.testing.assert_array_equal(sample.boxes, r.patch_boxes)
+    np.testing.assert_array_equal(pipe.sample_patches(full_prepared, 9, 48, 5).boxes_1024, r.patch_boxes_1024)
+    defaults = only.sample_patches(prepared)  # K and patch size from the frame config
+    assert defaults.k == 8 and (defaults.boxes_1024[:, 2:] - defaults.boxes_1024[:, :2] == 64).all()
+    with pytest.raises(ValueError, match="k must be"):
+        only.sample_patches(prepared, k=0)
+    with pytest.raises(ValueError, match="patch_size"):
+        only.sample_patches(prepared, patch_size=300)
+    # classification refuses, clearly, and before any segmentation
+    calls = seg.calls
+    with pytest.raises(NoClassifierError, match="no classifier loaded") as err:
+        only.analyze(prepared, k=2)
+    assert isinstance(err.value, RuntimeError)
+    with pytest.raises(NoClassifierError, match="no classifier loaded"):
+        only(image, k=2)
+    with pytest.raises(NoClassifierError, match="no classifier loaded"):
+        only.classify_patches(prepared.frame, sample.boxes_1024)
+    assert seg.calls == calls
+
+
+def test_segmentation_only_default_frame_is_the_papers(tiny_fcdensenet_config, image):
+    only = CXRPipeline(PatternSegmenter(tiny_fcdensenet_config, chest_labels), device="cpu")
+    paper = PatchClassifierConfig()
+    assert {f: getattr(only.frame_config, f) for f in FRAME_FIELDS} == {f: getattr(paper, f) for f in FRAME_FIELDS}
+    prepared = only.prepare(image)
+    assert prepared.frame.shape == (1024, 1024) and prepared.preprocess_params == (True, 0.5)
+    sample = only.sample_patches(prepared, seed=0)
+    assert sample.k == 100 and (sample.boxes_1024[:, 2:] - sample.boxes_1024[:, :2] == 224).all()
+
+
+def test_frame_config_validation(tiny_fcdensenet_config, tiny_classifier_config, classifier, global_classifier):
+    seg = PatternSegmenter(tiny_fcdensenet_config, chest_labels)
+    # agreeing configs are fine; the classifier's config is the one used
+    same = PatchClassifierConfig(**{f: getattr(tiny_classifier_config, f) for f in FRAME_FIELDS})
+    assert CXRPipeline(seg, classifier, frame_config=same).frame_config is classifier.config
+    with pytest.raises(ValueError, match=r"frame_config disagrees.*image_size: classifier 256 vs frame_config 1024"):
+        CXRPipeline(seg, classifier, frame_config=PatchClassifierConfig())
+    with pytest.raises(TypeError, match="frame_config must be a PatchClassifierConfig with mode='patch'"):
+        CXRPipeline(seg, frame_config=global_classifier.config)
+    with pytest.raises(ValueError, match="global classifier needs a patch classifier"):
+        CXRPipeline(seg, None, global_classifier)
+
+
 def _save_models(tmp_path, tiny_fcdensenet_config, classifier):
     torch.manual_seed(0)
     seg = FCDenseNetForSemanticSegmentation(tiny_fcdensenet_config)
@@ -308,6 +372,8 @@ def test_from_pretrained_and_predict_cli(tmp_path, tiny_fcdensenet_config, class
     seg_dir, clf_dir = _save_models(tmp_path, tiny_fcdensenet_config, classifier)
     pipe = CXRPipeline.from_pretrained(seg_dir, clf_dir, device="cpu", chunk_size=4)
     assert not pipe.classifier_model.training and pipe.chunk_size == 4
+    only = CXRPipeline.from_pretrained(seg_dir, device="cpu", frame_config=classifier.config)
+    assert not only.has_classifier and only.prepare(image).frame.shape == (256, 256)
     from PIL import Image
 
     Image.fromarray(image).save(tmp_path / "cxr.png")
