@@ -151,7 +151,7 @@ def test_engine_needs_no_gradio_and_app_reexports_it() -> None:
         "import cxr_hub.demo as d; e = d.CXRApp({}, d.MODELS_DIR / 'does-not-exist', device='cpu')\n"
         "assert e.models(d.PAPER_MODEL).mode == 'no_models'"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     for name in ("CXRApp", "discover_models", "PAPER_MODEL", "COVIDX_MODEL", "PREDICTED", "AppInputError", "steps"):
         assert getattr(app, name) is getattr(demo, name)
