@@ -30,6 +30,20 @@ def cxr_data() -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Runs a module's tests with one torch thread (use via ``pytestmark = pytest.mark.usefixtures(...)``).
+
+    Tiny models gain nothing from threads, and on a shared CPU OpenMP barriers can make them 30x slower.
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

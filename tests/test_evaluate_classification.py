@@ -19,13 +19,7 @@ REQUIRED = {"n", "accuracy", "precision", "recall", "f1", "specificity", "per_cl
 LABEL4 = ["normal", "bacterial", "tuberculosis", "viral_covid"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models gain nothing from threads, and on a shared CPU OpenMP barriers can make them 30x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

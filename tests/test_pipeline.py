@@ -25,13 +25,7 @@ from cxr_hub.saliency import reference_gradcam
 CLASSES = ["normal", "bacterial", "tuberculosis", "viral_covid"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models gain nothing from threads, and on a shared CPU OpenMP barriers can make them 30x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def ellipse(h: int, w: int, cx: float, cy: float, rx: float, ry: float) -> np.ndarray:

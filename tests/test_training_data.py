@@ -127,3 +127,13 @@ def test_random_affine_moves_image_and_labels_together(rng):
     # labelled pixels stay dark after the shared transform (inner pixels; borders interpolate)
     inner = out_lab > 0
     assert np.median(out_img[inner]) < 100 and np.median(out_img[~inner]) > 150
+
+
+def test_out_of_budget_uses_this_runs_pace(monkeypatch):
+    import training.data as data
+
+    monkeypatch.setattr(data.time, "time", lambda: 600.0)  # 10 minutes after start_time=0
+    assert not data.out_of_budget(0.0, 2, 20.0)  # 5 min/epoch: 10 + 5 <= 20
+    assert data.out_of_budget(0.0, 1, 15.0)  # 10 min/epoch: 10 + 10 > 15
+    assert not data.out_of_budget(0.0, 1, None)
+    assert not data.out_of_budget(0.0, 0, 1.0)

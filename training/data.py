@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -217,3 +218,17 @@ def read_rows(data: str | Path | None = None) -> tuple[Path, list[ManifestRow]]:
     """Resolves the data folder and reads its manifest."""
     root = resolve_data_root(data)
     return root, read_manifest(root / "manifest.csv")
+
+
+def out_of_budget(start_time: float, epochs_this_run: int, max_minutes: float | None) -> bool:
+    """Whether another epoch would overrun a wall-clock budget, judged by this run's pace so far.
+
+    Args:
+        start_time: ``time.time()`` when this run (not the resumed training) started.
+        epochs_this_run: epochs finished since then (a resumed run's earlier epochs took other time).
+        max_minutes: the budget, or None for none.
+    """
+    if max_minutes is None or epochs_this_run < 1:
+        return False
+    elapsed = (time.time() - start_time) / 60
+    return elapsed + elapsed / epochs_this_run > max_minutes

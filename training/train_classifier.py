@@ -71,6 +71,7 @@ from cxr_hub import PatchClassifierConfig, PatchClassifierForImageClassification
 from cxr_hub.classification import accuracy_by_group, classification_report
 from cxr_hub.models import LABEL_SETS, MODES
 from training.classifier_data import DEFAULT_SEGMENTATION, TASKS, ClassifierData, global_frames, normalise
+from training.data import out_of_budget
 from training.train_segmentation import autocast_dtype
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -538,9 +539,7 @@ def train(
             tqdm.write(f"early stopping: no better validation macro F1 for {state['stale']} epochs")
             break
         epochs_this_run += 1
-        elapsed = (time.time() - start_time) / 60
-        per_epoch = elapsed / epochs_this_run  # this run's pace: a resumed run's earlier epochs took other time
-        if config.max_minutes is not None and elapsed + per_epoch > config.max_minutes:
+        if out_of_budget(start_time, epochs_this_run, config.max_minutes):
             tqdm.write(f"stopping: the {config.max_minutes}-minute budget would be exceeded by another epoch")
             break
     return {

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from cxr_hub import FCDenseNetConfig, FCDenseNetForSemanticSegmentation, UNetConfig, UNetForSemanticSegmentation
 from cxr_hub.metrics import structure_scores, summarize_scores
+from training.data import out_of_budget
 
 SEG_ARCHS = ("fcdensenet103", "fcdensenet67", "fcdensenet56", "unet")
 
@@ -296,9 +297,7 @@ def train(
             tqdm.write(f"early stopping: no validation improvement for {state['stale']} epochs")
             break
         epochs_this_run += 1
-        elapsed = (time.time() - start_time) / 60
-        per_epoch = elapsed / epochs_this_run  # this run's pace: a resumed run's earlier epochs took other time
-        if config.max_minutes is not None and elapsed + per_epoch > config.max_minutes:
+        if out_of_budget(start_time, epochs_this_run, config.max_minutes):
             tqdm.write(f"stopping: the {config.max_minutes}-minute budget would be exceeded by another epoch")
             break
     return {
