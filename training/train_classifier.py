@@ -51,7 +51,6 @@ Definitions:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -64,13 +63,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from tqdm import tqdm
 
 from cxr_hub import PatchClassifierConfig, PatchClassifierForImageClassification, patches
 from cxr_hub.classification import accuracy_by_group, classification_report
 from cxr_hub.models import LABEL_SETS, MODES
 from training.classifier_data import DEFAULT_SEGMENTATION, TASKS, ClassifierData, global_frames, normalise
+from training.config import parse_dataclass_config
 from training.data import out_of_budget
 from training.train_segmentation import autocast_dtype
 
@@ -152,38 +151,16 @@ class ClassifierTrainConfig:
         return Path(self.out or DEFAULT_OUT[(self.task, self.mode)])
 
 
-_CLI_TYPES = {"int": int, "float": float, "int | None": int, "float | None": float}
-
-
 def parse_config(argv: list[str] | None = None) -> tuple[ClassifierTrainConfig, bool]:
     """Builds the config from defaults, an optional YAML file and CLI overrides (in that order)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="YAML file with config fields")
-    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last")
-    for f in dataclasses.fields(ClassifierTrainConfig):
-        if f.name == "notes":
-            continue
-        name = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            parser.add_argument(name, type=_CLI_TYPES.get(str(f.type), str), default=None)
-    args = parser.parse_args(argv)
-    values: dict[str, Any] = {}
-    if args.config:
-        values.update(yaml.safe_load(Path(args.config).read_text()) or {})
-    values.update({k: v for k, v in vars(args).items() if k not in ("config", "resume") and v is not None})
-    unknown = set(values) - {f.name for f in dataclasses.fields(ClassifierTrainConfig)}
-    if unknown:
-        raise SystemExit(f"Unknown config fields: {sorted(unknown)}")
-    config = ClassifierTrainConfig(**values)
+    config, resume = parse_dataclass_config(ClassifierTrainConfig, argv, __doc__.split("\n\n")[0])
     checks = {"task": (config.task, TASKS), "mode": (config.mode, MODES), "pretrained": (config.pretrained, PRETRAINED)}
     for key, (value, allowed) in checks.items():
         if value not in allowed:
             raise SystemExit(f"--{key} must be one of {allowed}, got {value!r}")
     if config.patches_per_image < 1 or config.batch_size < 1:
         raise SystemExit("--patches-per-image and --batch-size must be at least 1")
-    return config, args.resume
+    return config, resume
 
 
 def trained_classes(data: ClassifierData) -> list[str]:

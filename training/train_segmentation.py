@@ -15,7 +15,6 @@ Every field of ``SegTrainConfig`` is a CLI option. The run directory keeps ``las
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -26,11 +25,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from tqdm import tqdm
 
 from cxr_hub import FCDenseNetConfig, FCDenseNetForSemanticSegmentation, UNetConfig, UNetForSemanticSegmentation
 from cxr_hub.metrics import structure_scores, summarize_scores
+from training.config import parse_dataclass_config
 from training.data import out_of_budget
 
 SEG_ARCHS = ("fcdensenet103", "fcdensenet67", "fcdensenet56", "unet")
@@ -69,30 +68,10 @@ class SegTrainConfig:
 
 def parse_config(argv: list[str] | None = None) -> tuple[SegTrainConfig, bool]:
     """Builds the config from defaults, an optional YAML file and CLI overrides (in that order)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="YAML file with config fields")
-    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last")
-    for f in dataclasses.fields(SegTrainConfig):
-        if f.name == "notes":
-            continue
-        name = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
-            parser.add_argument(name, type=kind, default=None)
-    args = parser.parse_args(argv)
-    values: dict[str, Any] = {}
-    if args.config:
-        values.update(yaml.safe_load(Path(args.config).read_text()) or {})
-    values.update({k: v for k, v in vars(args).items() if k not in ("config", "resume") and v is not None})
-    unknown = set(values) - {f.name for f in dataclasses.fields(SegTrainConfig)}
-    if unknown:
-        raise SystemExit(f"Unknown config fields: {sorted(unknown)}")
-    config = SegTrainConfig(**values)
+    config, resume = parse_dataclass_config(SegTrainConfig, argv, __doc__.split("\n\n")[0])
     if config.arch not in SEG_ARCHS:
         raise SystemExit(f"--arch must be one of {SEG_ARCHS}, got {config.arch!r}")
-    return config, args.resume
+    return config, resume
 
 
 def build_model(config: SegTrainConfig, class_weights: list[float]) -> torch.nn.Module:
