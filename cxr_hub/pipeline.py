@@ -81,21 +81,6 @@ class NoClassifierError(RuntimeError):
     """Classification was asked of a segmentation-only :class:`CXRPipeline` (built with ``classifier_model=None``)."""
 
 
-def _normalised_frame(processor: CXRImageProcessor, preprocessed: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """``processor.preprocess_one`` from an already preprocessed image (the histogram step runs once per image).
-
-    Mirrors the tail of :meth:`CXRImageProcessor.preprocess_one` (resize → mask → normalise); a test checks the two
-    agree, so the paper's preprocessing still has a single definition.
-
-    Returns:
-        float32 (size, size) normalised frame.
-    """
-    out = resize_image(preprocessed, processor.size)
-    if mask is not None:
-        out = out * resize_label_map(np.asarray(mask) > 0, processor.size).astype(np.float32)
-    return ((out / 255.0 - processor.image_mean) / processor.image_std).astype(np.float32)
-
-
 def _finite_or_none(value: Any) -> Any:
     """Recursively turns NaN/inf floats into None so ``json.dumps(..., allow_nan=False)`` works."""
     if isinstance(value, float):
@@ -505,7 +490,7 @@ class CXRPipeline:
         with timer.stage("preprocess"):
             pre = preprocess_cxr(img, equalize=params[0], gamma=params[1])
             seg_pre = self._preprocessed(img, seg_proc, pre, params)
-            seg_input = _normalised_frame(seg_proc, seg_pre, None)
+            seg_input = seg_proc.frame_from_preprocessed(seg_pre)
         with timer.stage("segment"):
             x = torch.from_numpy(seg_input)[None, None].to(self.device)
             if self.channels_last:
@@ -521,7 +506,7 @@ class CXRPipeline:
                 "X-ray? Lateral views, other body parts and non-radiographs cannot be analysed."
             )
         with timer.stage("preprocess"):
-            frame = _normalised_frame(cls_proc, pre, lung_mask)
+            frame = cls_proc.frame_from_preprocessed(pre, lung_mask)
             frame_mask = resize_label_map(lung_mask, cls_proc.size)
         if not frame_mask.any():
             raise CXRInputError(
@@ -781,7 +766,7 @@ class CXRPipeline:
         assert self.global_classifier is not None and self.global_config is not None and self.global_processor
         model, cfg, proc = self.global_classifier, self.global_config, self.global_processor
         pre = self._preprocessed(prepared.image, proc, prepared.preprocessed, prepared.preprocess_params)
-        x = torch.from_numpy(_normalised_frame(proc, pre, prepared.lung_mask))[None, None].to(self.device)
+        x = torch.from_numpy(proc.frame_from_preprocessed(pre, prepared.lung_mask))[None, None].to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():

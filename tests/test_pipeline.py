@@ -160,15 +160,13 @@ def test_prepare_then_analyze_equals_call(pipe, image):
 
 
 def test_frames_follow_the_image_processors(pipe, image):
-    """The shared-preprocessing shortcut equals the processors' own preprocess_one (one definition of the paper's
-    preprocessing)."""
-    from cxr_hub.pipeline import _normalised_frame
-
+    """Preprocessing once per image and finishing each frame with ``frame_from_preprocessed`` equals the processors'
+    own preprocess_one."""
     prepared = pipe.prepare(image)
     expected = pipe.classifier_processor.preprocess_one(image, prepared.lung_mask)
     np.testing.assert_allclose(prepared.frame, expected, atol=1e-5)
     seg_proc = pipe.segmentation_processor
-    seg_input = _normalised_frame(seg_proc, prepared.preprocessed, None)
+    seg_input = seg_proc.frame_from_preprocessed(prepared.preprocessed)
     np.testing.assert_allclose(seg_input, seg_proc.preprocess_one(image), atol=1e-5)
     assert seg_input.shape == (64, 64)
     assert prepared.frame.shape == (256, 256) and prepared.frame_mask.shape == (256, 256)

@@ -258,16 +258,38 @@ class CXRImageProcessor(BaseImageProcessor):
         self.image_mean = float(image_mean)
         self.image_std = float(image_std)
 
+    def normalize(self, gray: Any) -> Any:
+        """``(gray / 255 - image_mean) / image_std`` for gray levels in [0, 255] (numpy array or torch tensor)."""
+        return (gray / 255.0 - self.image_mean) / self.image_std
+
+    def frame_from_preprocessed(self, preprocessed: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """The steps after ``preprocess_cxr``: resize to ``size``, zero gray level outside ``mask``, normalise.
+
+        Lets a caller that already holds the preprocessed image (e.g. for several frames of one image) skip the
+        histogram step without redefining the rest.
+
+        Args:
+            preprocessed: (H, W) float32 in [0, 255], from ``preprocess_cxr`` with this processor's settings.
+            mask: optional (H, W) mask; pixels where it is 0 become gray level 0.
+
+        Returns:
+            float32 (size, size) normalised frame.
+
+        Raises:
+            CXRInputError: the mask's shape differs from the image's.
+        """
+        out = resize_image(preprocessed, self.size)
+        if mask is not None:
+            m = np.asarray(mask)
+            if m.shape != preprocessed.shape:
+                raise CXRInputError(f"Mask shape {m.shape} differs from the image shape {preprocessed.shape}.")
+            out = out * (resize_label_map(m > 0, self.size)).astype(np.float32)
+        return self.normalize(out).astype(np.float32)
+
     def preprocess_one(self, image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """One image → (size, size) float32 normalised array (see class docstring)."""
         pre = preprocess_cxr(image, equalize=self.do_equalize, gamma=self.gamma)
-        out = resize_image(pre, self.size)
-        if mask is not None:
-            m = np.asarray(mask)
-            if m.shape != pre.shape:
-                raise CXRInputError(f"Mask shape {m.shape} differs from the image shape {pre.shape}.")
-            out = out * (resize_label_map(m > 0, self.size)).astype(np.float32)
-        return ((out / 255.0 - self.image_mean) / self.image_std).astype(np.float32)
+        return self.frame_from_preprocessed(pre, mask)
 
     def preprocess(
         self,
