@@ -50,15 +50,15 @@ def _assert_no_patient_in_two_splits(rows, assignment):
 
 def test_patient_split_keeps_patients_together_and_fractions():
     rows = _rows(50)
-    assignment = patient_split(rows, {"train": 0.8, "val": 0.2}, seed=0, stratify="label4")
+    assignment = patient_split(rows, {"train": 0.8, "val": 0.2}, seed=0, stratify=lambda r: r.label4)
     assert set(assignment) == {r.id for r in rows}
     _assert_no_patient_in_two_splits(rows, assignment)
     val_patients = {r.patient_id for r in rows if assignment[r.id] == "val"}
     assert len(val_patients) == 10
     # stratified: both classes in validation
     assert {r.label4 for r in rows if assignment[r.id] == "val"} == {"normal", "viral_covid"}
-    assert patient_split(rows, {"train": 0.8, "val": 0.2}, seed=0, stratify="label4") == assignment
-    assert patient_split(rows, {"train": 0.8, "val": 0.2}, seed=1, stratify="label4") != assignment
+    assert patient_split(rows, {"train": 0.8, "val": 0.2}, seed=0, stratify=lambda r: r.label4) == assignment
+    assert patient_split(rows, {"train": 0.8, "val": 0.2}, seed=1, stratify=lambda r: r.label4) != assignment
     with pytest.raises(ValueError, match="sum to 1"):
         patient_split(rows, {"train": 0.5}, seed=0)
 
@@ -130,10 +130,10 @@ def test_random_affine_moves_image_and_labels_together(rng):
 
 
 def test_out_of_budget_uses_this_runs_pace(monkeypatch):
-    import training.data as data
+    import training.runtime as runtime
 
-    monkeypatch.setattr(data.time, "time", lambda: 600.0)  # 10 minutes after start_time=0
-    assert not data.out_of_budget(0.0, 2, 20.0)  # 5 min/epoch: 10 + 5 <= 20
-    assert data.out_of_budget(0.0, 1, 15.0)  # 10 min/epoch: 10 + 10 > 15
-    assert not data.out_of_budget(0.0, 1, None)
-    assert not data.out_of_budget(0.0, 0, 1.0)
+    monkeypatch.setattr(runtime.time, "time", lambda: 600.0)  # 10 minutes after start_time=0
+    assert not runtime.out_of_budget(0.0, 2, 20.0)  # 5 min/epoch: 10 + 5 <= 20
+    assert runtime.out_of_budget(0.0, 1, 15.0)  # 10 min/epoch: 10 + 10 > 15
+    assert not runtime.out_of_budget(0.0, 1, None)
+    assert not runtime.out_of_budget(0.0, 0, 1.0)

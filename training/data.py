@@ -10,10 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import cv2
@@ -41,7 +39,10 @@ def resolve_data_root(data: str | Path | None = None) -> Path:
 
 
 def patient_split(
-    rows: Sequence[ManifestRow], fractions: Mapping[str, float], seed: int, stratify: str | None = None
+    rows: Sequence[ManifestRow],
+    fractions: Mapping[str, float],
+    seed: int,
+    stratify: Callable[[ManifestRow], str] | None = None,
 ) -> dict[str, str]:
     """Assigns every row to a split so that all images of one patient share a split.
 
@@ -52,7 +53,7 @@ def patient_split(
         rows: manifest rows.
         fractions: split name → fraction (summing to 1), in the order splits are filled.
         seed: shuffling seed.
-        stratify: a ManifestRow attribute to stratify by (a patient takes its first image's value), or None.
+        stratify: a row's stratum (e.g. its label), or None; a patient takes its first image's stratum.
 
     Returns:
         image id → split name.
@@ -64,7 +65,7 @@ def patient_split(
         by_patient[r.patient_id].append(r)
     strata: dict[str, list[str]] = defaultdict(list)
     for pid, prs in sorted(by_patient.items()):
-        strata[getattr(prs[0], stratify) if stratify else ""].append(pid)
+        strata[stratify(prs[0]) if stratify else ""].append(pid)
     rng = np.random.default_rng(seed)
     assignment: dict[str, str] = {}
     names = list(fractions)
@@ -92,17 +93,11 @@ def make_splits(rows: Sequence[ManifestRow], seed: int = 0) -> dict[str, dict[st
     """
     seg_rows = [r for r in rows if r.mask is not None and r.mask_source == "scr"]
     clf_rows = [r for r in rows if r.label4 or r.label3]
-
-    @dataclass(frozen=True)
-    class _Keyed:
-        id: str
-        patient_id: str
-        key: str
-
-    keyed = [_Keyed(r.id, r.patient_id, f"{r.label4 or r.label3}|{r.source}") for r in clf_rows]
     return {
         "segmentation": patient_split(seg_rows, SEGMENTATION_FRACTIONS, seed),
-        "classification": patient_split(keyed, CLASSIFICATION_FRACTIONS, seed, stratify="key"),  # type: ignore[arg-type]
+        "classification": patient_split(
+            clf_rows, CLASSIFICATION_FRACTIONS, seed, stratify=lambda r: f"{r.label4 or r.label3}|{r.source}"
+        ),
     }
 
 
@@ -218,17 +213,3 @@ def read_rows(data: str | Path | None = None) -> tuple[Path, list[ManifestRow]]:
     """Resolves the data folder and reads its manifest."""
     root = resolve_data_root(data)
     return root, read_manifest(root / "manifest.csv")
-
-
-def out_of_budget(start_time: float, epochs_this_run: int, max_minutes: float | None) -> bool:
-    """Whether another epoch would overrun a wall-clock budget, judged by this run's pace so far.
-
-    Args:
-        start_time: ``time.time()`` when this run (not the resumed training) started.
-        epochs_this_run: epochs finished since then (a resumed run's earlier epochs took other time).
-        max_minutes: the budget, or None for none.
-    """
-    if max_minutes is None or epochs_this_run < 1:
-        return False
-    elapsed = (time.time() - start_time) / 60
-    return elapsed + elapsed / epochs_this_run > max_minutes

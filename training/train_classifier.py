@@ -70,8 +70,7 @@ from cxr_hub.classification import accuracy_by_group, classification_report
 from cxr_hub.models import LABEL_SETS, MODES
 from training.classifier_data import DEFAULT_SEGMENTATION, TASKS, ClassifierData, global_frames, normalise
 from training.config import parse_dataclass_config
-from training.data import out_of_budget
-from training.train_segmentation import autocast_dtype
+from training.runtime import autocast_dtype, out_of_budget, restore_training, save_training_state
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Default export folder per (task, mode).
@@ -405,13 +404,6 @@ def score(
     return report
 
 
-def _save_state(path: Path, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "state": state, "torch_rng": torch.get_rng_state()},
-        path / "training_state.pt",
-    )
-
-
 def train(
     config: ClassifierTrainConfig, train_data: ClassifierData, val_data: ClassifierData, resume: bool = False
 ) -> dict[str, Any]:
@@ -440,15 +432,8 @@ def train(
     state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": -1, "history": [], "stale": 0}
     last_dir = run_dir / "last"
     if resume:
-        if not (last_dir / "training_state.pt").is_file():
-            raise SystemExit(f"--resume: nothing to resume in {last_dir}")
-        loaded = PatchClassifierForImageClassification.from_pretrained(last_dir)
-        model.load_state_dict(loaded.state_dict())
-        saved = torch.load(last_dir / "training_state.pt", weights_only=True, map_location=device)
-        optimizer.load_state_dict(saved["optimizer"])
-        state = saved["state"]
-        torch.set_rng_state(saved["torch_rng"])
-    amp = autocast_dtype(config, device)  # type: ignore[arg-type]  (reads only .amp)
+        state = restore_training(last_dir, model, optimizer, device)
+    amp = autocast_dtype(config.amp, device)
     l1_params = l1_parameters(model)
     train_maker = InputMaker(train_data, config, device)
     val_maker = InputMaker(val_data, config, device)
@@ -511,7 +496,7 @@ def train(
         else:
             state["stale"] += 1
         model.save_pretrained(last_dir)
-        _save_state(last_dir, optimizer, state)
+        save_training_state(last_dir, optimizer, state)
         if state["stale"] >= config.early_stopping_patience:
             tqdm.write(f"early stopping: no better validation macro F1 for {state['stale']} epochs")
             break
@@ -541,7 +526,7 @@ def evaluate_test(
     device = next(model.parameters()).device
     model = model.to(memory_format=torch.channels_last)
     maker = InputMaker(data, config, device)
-    amp = autocast_dtype(config, device)  # type: ignore[arg-type]
+    amp = autocast_dtype(config.amp, device)
     out = predict(model, maker, config.num_patches, config.eval_seed, amp, config.eval_chunk)
     untrained = [c for c in data.class_names if c not in model.config.trained_classes]
     report = score(data, out["pred"], n_boot=config.n_boot, seed=config.eval_seed, untrained=untrained)

@@ -29,8 +29,10 @@ from tqdm import tqdm
 
 from cxr_hub import FCDenseNetConfig, FCDenseNetForSemanticSegmentation, UNetConfig, UNetForSemanticSegmentation
 from cxr_hub.metrics import structure_scores, summarize_scores
+from cxr_hub.models import CXRImageProcessor, image_processor_for, weighted_segmentation_loss
 from training.config import parse_dataclass_config
-from training.data import out_of_budget
+from training.data import random_affine
+from training.runtime import autocast_dtype, out_of_budget, restore_training, save_training_state
 
 SEG_ARCHS = ("fcdensenet103", "fcdensenet67", "fcdensenet56", "unet")
 
@@ -114,30 +116,9 @@ def resolve_class_weights(config: SegTrainConfig, train_labels: np.ndarray) -> l
     return weights
 
 
-def autocast_dtype(config: SegTrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: bf16 on CPUs with native bf16 and on CUDA; None means full fp32."""
-    if config.amp == "none":
-        return None
-    if config.amp == "fp16":
-        return torch.float16 if device.type == "cuda" else None
-    if config.amp == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if torch.backends.mkldnn.is_available() and _cpu_has_bf16() else None
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def to_pixel_values(images: np.ndarray, mean: float = 0.5, std: float = 0.5) -> torch.Tensor:
-    """(N, H, W) float [0, 255] → (N, 1, H, W) normalised as ``CXRImageProcessor`` does for segmentation."""
-    return torch.from_numpy(((images / 255.0 - mean) / std).astype(np.float32))[:, None]
+def to_pixel_values(images: np.ndarray, processor: CXRImageProcessor) -> torch.Tensor:
+    """(N, H, W) float [0, 255] at the model's size → (N, 1, H, W) normalised by the model's image processor."""
+    return torch.from_numpy(processor.normalize(images).astype(np.float32))[:, None]
 
 
 @torch.inference_mode()
@@ -146,9 +127,10 @@ def evaluate(
 ) -> dict[str, Any]:
     """Validation scores at the training resolution (fp32): per-structure Jaccard/Dice mean and std."""
     model.eval()
+    processor = image_processor_for(model.config)
     scores = []
     for start in range(0, len(images), batch_size):
-        x = to_pixel_values(images[start : start + batch_size]).to(device)
+        x = to_pixel_values(images[start : start + batch_size], processor).to(device)
         pred = model(x).logits.argmax(1).cpu().numpy()
         for p, t in zip(pred, labels[start : start + batch_size], strict=True):
             scores.append(structure_scores(p, t))
@@ -192,24 +174,14 @@ def train(
     state: dict[str, Any] = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "history": [], "stale": 0}
     last_dir = run_dir / "last"
     if resume:
-        if not (last_dir / "training_state.pt").is_file():
-            raise SystemExit(f"--resume: nothing to resume in {last_dir}")
-        loaded = type(model).from_pretrained(last_dir).to(device)
-        model.load_state_dict(loaded.state_dict())
-        saved = torch.load(last_dir / "training_state.pt", weights_only=True, map_location=device)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = saved["state"]
-        rng.bit_generator.state = saved["numpy_rng"]
-        torch.set_rng_state(saved["torch_rng"])
-    amp = autocast_dtype(config, device)
+        state = restore_training(last_dir, model, optimizer, device, scheduler=scheduler, rng=rng)
+    amp = autocast_dtype(config.amp, device)
+    processor = image_processor_for(model.config)
     start_time = time.time()
     n = len(train_images)
     steps = math.ceil(n / config.batch_size)
     if config.max_steps_per_epoch:
         steps = min(steps, config.max_steps_per_epoch)
-    from training.data import random_affine
-
     epochs_this_run = 0
     while state["epoch"] < config.epochs:
         epoch = state["epoch"] + 1
@@ -225,16 +197,14 @@ def train(
                 pairs = [random_affine(i, lab, rng) for i, lab in zip(imgs, labs, strict=True)]
                 imgs = np.stack([p[0] for p in pairs])
                 labs = np.stack([p[1] for p in pairs])
-            x = to_pixel_values(imgs).to(device)
+            x = to_pixel_values(imgs, processor).to(device)
             if device.type == "cpu":
                 x = x.contiguous(memory_format=torch.channels_last)
             y = torch.from_numpy(labs.astype(np.int64)).to(device)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 logits = model(x).logits
             # the loss in fp32: bf16 log-softmax over 65k pixels loses precision
-            loss = torch.nn.functional.cross_entropy(
-                logits.float(), y, weight=torch.tensor(class_weights, device=device)
-            )
+            loss = weighted_segmentation_loss(logits.float(), y, class_weights, model.config.semantic_loss_ignore_index)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -262,16 +232,7 @@ def train(
         else:
             state["stale"] += 1
         model.save_pretrained(last_dir)
-        torch.save(
-            {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "state": state,
-                "numpy_rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(),
-            },
-            last_dir / "training_state.pt",
-        )
+        save_training_state(last_dir, optimizer, state, scheduler=scheduler, rng=rng)
         if state["stale"] >= config.early_stopping_patience:
             tqdm.write(f"early stopping: no validation improvement for {state['stale']} epochs")
             break
