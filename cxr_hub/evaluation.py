@@ -27,7 +27,6 @@ from .models import CXRImageProcessor, image_processor_for
 DEFAULT_SEGMENTATION = "models/cxr-lung-seg-fcdensenet103"
 # An image's predicted lung area below this share of the normal class's median counts as under-segmented.
 UNDERSEGMENTATION_THRESHOLD = 0.75
-_STRUCTURE_FOR_ANNOTATION = {"heart": "heart", "left_lung": "left_lung", "right_lung": "right_lung"}
 
 
 def load_segmentation_model(name_or_path: str | Path, device: str | torch.device | None = None) -> torch.nn.Module:
@@ -217,7 +216,7 @@ def evaluate_segmentation(
         if target.shape != pred.shape:
             failures.append({"id": row.id, "error": f"mask {target.shape} differs from image {pred.shape}"})
             continue
-        structures = ["lung", *(s for s in row.annotated_structures(target) if s in _STRUCTURE_FOR_ANNOTATION)]
+        structures = ["lung", *row.annotated_structures(target)]
         s = structure_scores(pred, target, structures)
         scores.append(s)
         by_source[row.source].append(s)
