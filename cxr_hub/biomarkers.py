@@ -31,7 +31,18 @@ HEART = 1
 LEFT_LUNG = 2
 RIGHT_LUNG = 3
 
+#: The biomarkers compared between classes (the paper's section III-B and Fig. 4): :class:`Biomarkers` field →
+#: (title for tables and plots, decimals to report). Intensities are gray levels of the preprocessed image, in
+#: [0, 255]; the lung area is a share of the image so films of different sizes compare.
+CLASS_BIOMARKERS: dict[str, tuple[str, int]] = {
+    "lung_mean_intensity": ("lung mean intensity", 1),
+    "lung_std_intensity": ("lung intensity SD", 1),
+    "cardiothoracic_ratio": ("cardiothoracic ratio", 3),
+    "lung_area_fraction": ("lung area (share of image)", 3),
+}
+
 __all__ = [
+    "CLASS_BIOMARKERS",
     "HEART",
     "LEFT_LUNG",
     "RIGHT_LUNG",

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     """Builds the top-level parser with every subcommand."""
-    from . import classification, commands, evaluation, hub
+    from . import biomarker_analysis, classification, commands, evaluation, hub
 
     parser = argparse.ArgumentParser(prog="python -m cxr_hub", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_parser(sub)
     classification.add_parser(sub)
     hub.add_parser(sub)
+    biomarker_analysis.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,167 @@
+"""cxr_hub.stats against scipy and hand-computed answers: summaries, KS normality, rank-sum tests, stars, tables."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from cxr_hub.stats import (
+    class_summary,
+    compare_classes,
+    format_mean_sd,
+    format_p,
+    ks_normality,
+    markdown_table,
+    normality_markdown,
+    pairwise_markdown,
+    pairwise_rank_sums,
+    rank_sum,
+    significance_stars,
+    summary_markdown,
+)
+
+CLASSES = ["normal", "bacterial", "tuberculosis", "viral_covid"]
+
+
+@pytest.mark.parametrize(
+    ("p", "stars"),
+    [
+        (0.5, ""),
+        (0.05, ""),  # a p equal to a threshold does not earn its star
+        (np.nextafter(0.05, 0), "*"),
+        (0.01, "*"),
+        (np.nextafter(0.01, 0), "**"),
+        (0.001, "**"),
+        (np.nextafter(0.001, 0), "***"),
+        (0.0, "***"),
+        (1.0, ""),
+        (math.nan, ""),
+        (None, ""),
+    ],
+)
+def test_significance_stars_boundaries(p, stars):
+    assert significance_stars(p) == stars
+
+
+def test_class_summary_drops_nan_and_uses_population_sd():
+    s = class_summary([1.0, 2.0, math.nan, 3.0, None, 6.0])
+    assert s["n"] == 4 and s["n_missing"] == 2
+    assert s["mean"] == pytest.approx(3.0)
+    assert s["sd"] == pytest.approx(np.std([1, 2, 3, 6]))  # ddof = 0
+    assert (s["median"], s["min"], s["max"]) == (2.5, 1.0, 6.0)
+    empty = class_summary([math.nan, math.nan])
+    assert empty == {"n": 0, "n_missing": 2, "no_values": True}
+
+
+def test_rank_sum_identical_samples_give_p_one():
+    x = [0.3, 0.1, 0.7, 0.2, 0.9]
+    t = rank_sum(x, list(x))
+    assert t["statistic"] == 0.0 and t["p"] == 1.0 and t["stars"] == ""
+
+
+def test_rank_sum_hand_computed():
+    # ranks of a: 1+2+3 = 6; E = 3*7/2 = 10.5; Var = 3*3*7/12 = 5.25 → z = -4.5/sqrt(5.25), p = 2 Φ(z) ≈ 0.0495
+    t = rank_sum([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
+    z = -4.5 / math.sqrt(5.25)
+    assert t["statistic"] == pytest.approx(z)
+    assert t["p"] == pytest.approx(math.erfc(-z / math.sqrt(2)))
+    assert t["p"] == pytest.approx(0.0495, abs=1e-4) and t["stars"] == "*"
+    assert (t["n_a"], t["n_b"]) == (3, 3)
+
+
+def test_rank_sum_shifted_normals_and_scipy_agreement():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, 150), rng.normal(2, 1, 150)
+    t = rank_sum(a, np.append(b, math.nan))  # the NaN is dropped, not ranked
+    ref = sps.ranksums(a, b)
+    assert t["statistic"] == pytest.approx(ref.statistic) and t["p"] == pytest.approx(ref.pvalue)
+    assert t["statistic"] < 0 and t["p"] < 0.001 and t["stars"] == "***" and t["n_b"] == 150
+    assert rank_sum([], [1.0])["skipped"]
+
+
+def test_pairwise_rank_sums_covers_every_pair_in_order():
+    groups = {"a": [1.0, 2.0, 3.0], "b": [4.0, 5.0, 6.0], "empty": [math.nan], "c": [1.0, 2.0, 3.0]}
+    tests = pairwise_rank_sums(groups)
+    assert [(t["a"], t["b"]) for t in tests] == [("a", "b"), ("a", "c"), ("b", "c")]
+    assert tests[1]["p"] == 1.0
+    assert tests[0]["p"] == pytest.approx(tests[2]["p"])  # mirrored: same p
+
+
+def test_ks_normality_hand_computed():
+    # [-1, 0, 1] standardised with the sample SD (= 1) stays [-1, 0, 1]; D = 1/3 - Φ(-1)
+    ks = ks_normality([-1.0, 0.0, 1.0])
+    assert ks["statistic"] == pytest.approx(1 / 3 - 0.5 * math.erfc(1 / math.sqrt(2)))
+    assert ks["n"] == 3 and ks["normal"] is True
+
+
+def test_ks_normality_against_scipy():
+    rng = np.random.default_rng(1)
+    normal = rng.normal(50, 7, 300)
+    skewed = rng.exponential(1.0, 300)
+    for x in (normal, skewed):
+        z = (x - x.mean()) / x.std(ddof=1)
+        ref = sps.kstest(z, "norm")
+        ks = ks_normality(x)
+        assert ks["statistic"] == pytest.approx(ref.statistic) and ks["p"] == pytest.approx(ref.pvalue)
+    assert ks_normality(normal)["normal"] is True
+    assert ks_normality(skewed)["p"] < 0.001 and ks_normality(skewed)["normal"] is False
+
+
+def test_ks_normality_skips_tiny_or_constant_samples():
+    assert "skipped" in ks_normality([1.0, 2.0, math.nan])
+    assert "p" not in ks_normality([4.0, 4.0, 4.0, 4.0])
+
+
+def test_compare_classes_absent_class_gets_no_numbers():
+    rng = np.random.default_rng(2)
+    values = {"normal": rng.normal(0, 1, 40).tolist(), "bacterial": [], "viral_covid": rng.normal(3, 1, 40).tolist()}
+    res = compare_classes(values, CLASSES)
+    assert res["absent"] == ["bacterial", "tuberculosis"]
+    for c in ("bacterial", "tuberculosis"):
+        assert res["per_class"][c] == {"n": 0, "absent": True}
+        assert c not in res["normality"]
+    assert [(t["a"], t["b"]) for t in res["pairwise"]] == [("normal", "viral_covid")]
+    assert res["pairwise"][0]["stars"] == "***"
+    assert res["per_class"]["normal"]["mean"] == pytest.approx(np.mean(values["normal"]))
+    with pytest.raises(ValueError, match="not in classes"):
+        compare_classes({"covid": [1.0]}, CLASSES)
+
+
+def test_format_helpers():
+    assert format_p(1.23e-5) == "1.2e-05 ***"
+    assert format_p(0.0312) == "0.0312 *"
+    assert format_p(0.5) == "0.5"
+    assert format_p(0.004, stars=False) == "0.004"
+    assert format_p(None) == format_p(math.nan) == "–"
+    assert format_mean_sd({"n": 2, "mean": 0.51234, "sd": 0.0456}, 3) == "0.512 ± 0.046"
+    assert format_mean_sd({"n": 0, "absent": True}) == "absent"
+    assert format_mean_sd({"n": 0, "no_values": True}) == "no values"
+
+
+def test_markdown_table_shape_and_escaping():
+    table = markdown_table(["a", "b"], [["x|y", 1], ["z", 2.5]])
+    lines = table.split("\n")
+    assert lines[0] == "| a | b |" and lines[1] == "|:---|---:|"
+    assert lines[2] == "| x\\|y | 1 |" and len(lines) == 4
+    with pytest.raises(ValueError, match="2 cells"):
+        markdown_table(["a", "b"], [["only one"]])
+
+
+def test_rendered_tables_list_absent_classes_and_stars():
+    rng = np.random.default_rng(3)
+    values = {"normal": rng.normal(0, 1, 30).tolist(), "viral_covid": rng.normal(3, 1, 30).tolist()}
+    values["normal"][0] = math.nan  # one image without a value: its n is shown
+    results = {"m": compare_classes(values, CLASSES)}
+    titles, n_images = {"m": "marker"}, {"normal": 30, "viral_covid": 30}
+    summary = summary_markdown(results, CLASSES, titles, {"m": 2}, n_images)
+    rows = {line.split(" | ")[0].strip("| "): line for line in summary.split("\n")[2:]}
+    assert set(rows) == set(CLASSES)
+    assert "absent (no images)" in rows["tuberculosis"] and "±" not in rows["tuberculosis"]
+    assert "(n = 29)" in rows["normal"] and "(n =" not in rows["viral_covid"]
+    normality = normality_markdown(results, CLASSES, titles)
+    assert "D = " in normality and "absent" in normality
+    pairwise = pairwise_markdown(results, titles)
+    assert "normal vs viral_covid" in pairwise and "***" in pairwise and "tuberculosis" not in pairwise
