@@ -1,0 +1,183 @@
+"""Does bf16 autocast change what the patch classifier says? fp32 vs bf16 on real chest X-rays.
+
+The pipeline may classify patches under bf16 autocast only where that leaves the answers unchanged: the same final
+label as fp32 on at least 99 % of real images and a mean absolute probability difference of at most 0.01. This script
+measures both on the held-out test split (or any manifest rows), with the shipped segmentation model and a trained
+patch classifier, and writes the numbers to a JSON file.
+
+For every image: one :meth:`CXRPipeline.prepare` (segmentation always fp32), then :meth:`CXRPipeline.analyze` twice
+with the same seed and K, once with ``precision="fp32"`` and once with ``precision="bf16"``; the patches are
+identical, so any difference is the arithmetic's.
+
+Measured per image and averaged:
+
+* ``label_agreement``: share of images whose majority-vote label is the same;
+* ``mean_abs_dprob_patch``: mean over images of mean |p_bf16 - p_fp32| over the K x C patch probabilities;
+* ``mean_abs_dprob_image``: the same for the image-level mean probabilities (C per image);
+* ``vote_changes``: mean number of patches (out of K) whose own argmax changed;
+* ``saliency_max_abs_diff``: mean over images of max |S_bf16 - S_fp32| of the predicted class's eq. 5 map;
+* the classification time of both (``classify`` stage, ms).
+
+Usage::
+
+    .venv/bin/python benchmarks/precision_agreement.py --classifier models/cxr-patch-resnet18 \
+        [--manifest ../shared/data/cxr/manifest.csv] [--task label4] [--split classification:test] [--limit 100] \
+        [--k 100] [--json docs/precision_agreement_label4.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(REPO_ROOT))
+
+#: The rule for enabling bf16: label agreement at least this, mean |Δp| at most this.
+MIN_LABEL_AGREEMENT = 0.99
+MAX_MEAN_ABS_DPROB = 0.01
+
+
+def compare_precisions(pipe: Any, prepared: Any, k: int, seed: int) -> dict[str, Any]:
+    """fp32 vs bf16 analysis of one prepared image (same patches).
+
+    Args:
+        pipe: a :class:`cxr_hub.CXRPipeline` with a patch classifier (its ``precision`` is restored afterwards).
+        prepared: from ``pipe.prepare``.
+        k: patches.
+        seed: sampler seed.
+
+    Returns:
+        Per-image comparison: both labels, |Δp| statistics, changed patch votes, saliency difference, timings.
+    """
+    before = pipe.precision
+    results = {}
+    try:
+        for precision in ("fp32", "bf16"):
+            pipe.precision = precision
+            results[precision] = pipe.analyze(prepared, k=k, seed=seed)
+    finally:
+        pipe.precision = before
+    a, b = results["fp32"], results["bf16"]
+    pa, pb = a.patch_probabilities.astype(np.float64), b.patch_probabilities.astype(np.float64)
+    ia = np.array([a.probabilities[c] for c in a.class_names])
+    ib = np.array([b.probabilities[c] for c in b.class_names])
+    sal_a, sal_b = a.saliency[a.label], b.saliency.get(a.label)
+    return {
+        "label_fp32": a.label,
+        "label_bf16": b.label,
+        "same_label": a.label == b.label,
+        "mean_abs_dprob_patch": float(np.abs(pa - pb).mean()),
+        "max_abs_dprob_patch": float(np.abs(pa - pb).max()),
+        "mean_abs_dprob_image": float(np.abs(ia - ib).mean()),
+        "vote_changes": int((pa.argmax(1) != pb.argmax(1)).sum()),
+        "saliency_max_abs_diff": float(np.abs(sal_a - sal_b).max()) if sal_b is not None else None,
+        "classify_ms_fp32": a.timings["classify"],
+        "classify_ms_bf16": b.timings["classify"],
+    }
+
+
+def summarise(per_image: list[dict[str, Any]]) -> dict[str, Any]:
+    """Averages of :func:`compare_precisions` records and the verdict against the rule."""
+    n = len(per_image)
+    if n == 0:
+        raise ValueError("No image was compared.")
+
+    def mean(key: str) -> float:
+        values = [r[key] for r in per_image if r[key] is not None]
+        return float(statistics.fmean(values)) if values else float("nan")
+
+    agreement = sum(r["same_label"] for r in per_image) / n
+    dprob = mean("mean_abs_dprob_patch")
+    return {
+        "n": n,
+        "label_agreement": agreement,
+        "mean_abs_dprob_patch": dprob,
+        "max_abs_dprob_patch": max(r["max_abs_dprob_patch"] for r in per_image),
+        "mean_abs_dprob_image": mean("mean_abs_dprob_image"),
+        "mean_vote_changes": mean("vote_changes"),
+        "mean_saliency_max_abs_diff": mean("saliency_max_abs_diff"),
+        "classify_ms_fp32_median": statistics.median(r["classify_ms_fp32"] for r in per_image),
+        "classify_ms_bf16_median": statistics.median(r["classify_ms_bf16"] for r in per_image),
+        "passes": bool(agreement >= MIN_LABEL_AGREEMENT and dprob <= MAX_MEAN_ABS_DPROB),
+        "rule": f"label agreement >= {MIN_LABEL_AGREEMENT} and mean |dp| (patch) <= {MAX_MEAN_ABS_DPROB}",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry; returns 0 when the comparison ran (whatever its verdict), 2 on bad input."""
+    from tqdm import tqdm
+
+    from cxr_hub.classification import DEFAULT_SEGMENTATION
+    from cxr_hub.evaluation import select_rows
+    from cxr_hub.io import CXRInputError
+    from cxr_hub.manifest import read_manifest, resolve_manifest
+    from cxr_hub.pipeline import CXRPipeline
+
+    default_manifest = REPO_ROOT.parent / "shared" / "data" / "cxr" / "manifest.csv"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--classifier", required=True, help="trained patch classifier folder")
+    parser.add_argument("--segmentation", default=str(REPO_ROOT / DEFAULT_SEGMENTATION))
+    parser.add_argument("--manifest", default=str(default_manifest))
+    parser.add_argument("--task", default="label4", choices=("label4", "label3"))
+    parser.add_argument("--split-file", default=str(REPO_ROOT / "training" / "splits" / "splits_seed0.json"))
+    parser.add_argument("--split", default="classification:test", help="GROUP:NAME of the split file ('' = all)")
+    parser.add_argument("--limit", type=int, default=100, help="at most this many images (default: %(default)s)")
+    parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="write the summary and per-image records here")
+    args = parser.parse_args(argv)
+
+    try:
+        manifest = resolve_manifest(args.manifest)
+        rows = [r for r in read_manifest(manifest) if r.label(args.task)]
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.split:
+        rows = select_rows(rows, args.split_file, args.split)
+    rows = rows[: args.limit] if args.limit else rows
+    if not rows:
+        print("error: no labelled rows selected", file=sys.stderr)
+        return 2
+    pipe = CXRPipeline.from_pretrained(args.segmentation, args.classifier, device="cpu")
+    records: list[dict[str, Any]] = []
+    start = time.time()
+    for row in tqdm(rows, desc="fp32 vs bf16", unit="img"):
+        try:
+            prepared = pipe.prepare(row.image)
+        except CXRInputError as exc:
+            tqdm.write(f"skipped {row.id}: {exc}")
+            continue
+        record = compare_precisions(pipe, prepared, args.k, args.seed)
+        record["id"] = row.id
+        records.append(record)
+    summary = summarise(records)
+    summary.update(
+        classifier=str(args.classifier),
+        task=args.task,
+        split=args.split,
+        k=args.k,
+        seed=args.seed,
+        seconds=round(time.time() - start, 1),
+        machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+    )
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"summary": summary, "images": records}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
