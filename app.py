@@ -13,7 +13,8 @@ Run ``python app.py`` (``--help`` for options).
 
 Errors: :class:`cxr_hub.CXRInputError` and :class:`~cxr_hub.demo.AppInputError` (messages written for the user)
 become ``gr.Error`` without a traceback. Privacy: only pixel arrays are used; no DICOM header field and no file name
-is shown, logged or written to a report, and Gradio's upload cache is purged (``delete_cache``).
+is shown, logged or written to a report (errors name "the uploaded file", not its path); a session's uploads are
+deleted when its tab closes (:class:`SessionUploads`), and Gradio's ``delete_cache`` purges the rest.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import csv
 import logging
 import os
 import re
+import signal
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,8 @@ from typing import Any
 import gradio as gr
 import numpy as np
 import pandas as pd
+from gradio.route_utils import delete_files_created_by_app
+from gradio.utils import get_upload_folder
 from PIL import Image
 
 from cxr_hub import LABEL_SETS, CXRInputError, load_image
@@ -50,6 +55,7 @@ from cxr_hub.demo import (
     PATCH_STEP,
     PREDICTED,
     SEGMENTATION_ENV,
+    UPLOAD_NAME,
     Analysis,
     AppInputError,
     CXRApp,
@@ -85,6 +91,7 @@ __all__ = [  # the UI, plus the engine names re-exported for tests, benchmarks a
     "UNTRAINED",
     "AppInputError",
     "CXRApp",
+    "SessionUploads",
     "build_demo",
     "discover_models",
     "launch_kwargs",
@@ -393,11 +400,50 @@ def _model_cards(engine: CXRApp) -> str:
     return "\n\n".join(parts)
 
 
+class SessionUploads:
+    """Files uploaded in each browser session, deleted when that session ends (its tab is closed or reloaded).
+
+    ``delete_cache`` (:data:`DELETE_CACHE`) is the backstop for everything else (API uploads, a browser that never
+    says goodbye); this makes "uploads are not kept after the session" literal for the UI. Only files inside
+    Gradio's upload folder are ever deleted, never an example or any other path a request names.
+    """
+
+    def __init__(self, upload_dir: str | Path) -> None:
+        self.upload_dir = Path(upload_dir).resolve()
+        self._paths: dict[str, set[Path]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, session: str | None, path: str | None) -> None:
+        """Remembers an uploaded file of a session (ignored outside Gradio's upload folder)."""
+        if not session or not path:
+            return
+        resolved = Path(path).resolve()
+        if resolved.is_relative_to(self.upload_dir):
+            with self._lock:
+                self._paths.setdefault(session, set()).add(resolved)
+
+    def end(self, session: str | None) -> int:
+        """Deletes a session's uploads (and the per-upload folders Gradio made for them); returns how many."""
+        with self._lock:
+            paths = self._paths.pop(session or "", set())
+        deleted = 0
+        for path in paths:
+            try:
+                path.unlink()
+                deleted += 1
+                if path.parent != self.upload_dir:
+                    path.parent.rmdir()  # Gradio's one-folder-per-upload; left alone when it still holds files
+            except OSError:  # already purged by delete_cache, or the folder is shared with another upload
+                continue
+        return deleted
+
+
 def build_demo(engine: CXRApp | None = None) -> gr.Blocks:
     """Builds the Gradio UI around an engine (default: models from ``models/`` and the environment)."""
     engine = engine or CXRApp()
     examples = _example_rows()
     outputs_count = len(OUTPUT_NAMES)
+    uploads = SessionUploads(get_upload_folder())
 
     def analyze(
         image: str | None, model: str, k: float, patch_size: float, seed: float | None, saliency_class: str | None
@@ -424,11 +470,12 @@ def build_demo(engine: CXRApp | None = None) -> gr.Blocks:
             return tuple(gr.skip() for _ in range(outputs_count + 1))
         return analyze(*args)
 
-    def preview(image: str | None) -> Image.Image | None:
+    def preview(image: str | None, request: gr.Request | None = None) -> Image.Image | None:
         if not image:
             return None
+        uploads.add(getattr(request, "session_hash", None), image)
         try:
-            pixels = load_image(image)
+            pixels = load_image(image, source_name=UPLOAD_NAME)
         except CXRInputError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         return Image.fromarray(to_uint8(resize_image(pixels, display_size(pixels.shape, DISPLAY_SIDE))))
@@ -436,6 +483,9 @@ def build_demo(engine: CXRApp | None = None) -> gr.Blocks:
     def class_choices(model: str) -> gr.Dropdown:
         names = list(LABEL_SETS[MODEL_SPECS[model].label_set])
         return gr.Dropdown(choices=[PREDICTED, *names], value=PREDICTED)
+
+    def end_session(request: gr.Request | None = None) -> None:
+        uploads.end(getattr(request, "session_hash", None))
 
     def explain(analysis_id: str | None) -> tuple[list, str]:
         return steps(engine.results.get(analysis_id) if analysis_id else None)
@@ -540,8 +590,9 @@ def build_demo(engine: CXRApp | None = None) -> gr.Blocks:
                 f"## Disclaimer\n{DISCLAIMER} The models were trained on small public data sets with known biases "
                 "(see the model cards); their outputs are illustrations of a research method.\n\n"
                 "## Privacy\nOnly the image's pixels are used. DICOM header fields (names, IDs, dates) and file names "
-                "are never shown, logged or written to a report. Uploads are deleted from the server after about 15 "
-                "minutes; the analysis cache keeps derived arrays in memory only.\n\n"
+                "are never shown, logged or written to a report. Uploads are deleted from the server when you close "
+                "this tab, and after about 15 minutes at the latest; the analysis cache keeps derived arrays in "
+                "memory only.\n\n"
                 "## Model cards\n" + _model_cards(engine) + "\n\n## Use it from Python\n" + API_EXAMPLE
             )
             credits = EXAMPLES_DIR / "README.md"
@@ -586,6 +637,7 @@ def build_demo(engine: CXRApp | None = None) -> gr.Blocks:
         image_in.upload(preview, image_in, preview_img, api_visibility="private")
         image_in.clear(lambda: None, None, preview_img, api_visibility="private")
         how_tab.select(explain, last, [steps_gallery, steps_note], api_visibility="private", **common)
+        demo.unload(end_session)
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=CONCURRENCY_LIMIT)
     return demo
 
@@ -603,9 +655,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: CUDA when present")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    # Containers and Spaces stop the app with SIGTERM, on which Python exits at once and Gradio's shutdown, the step
+    # that deletes the uploads still in its cache, never runs. Handle SIGTERM like Ctrl-C, which Gradio closes cleanly.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     engine = CXRApp(device=args.device)
     engine.models(PAPER_MODEL)
-    build_demo(engine).launch(server_name=args.host, server_port=args.port, **launch_kwargs())
+    demo = build_demo(engine)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs())
+    finally:
+        # Gradio purges its upload cache in the server's shutdown, but waits only 5 s for it: with a client still
+        # connected, or a busy CPU, the process is gone first and the uploads stay on disk. Purge here too.
+        delete_files_created_by_app(demo, age=None)
 
 
 if __name__ == "__main__":

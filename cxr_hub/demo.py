@@ -52,6 +52,7 @@ from PIL import Image
 from torch import nn
 
 from .io import load_image
+from .loading import UnsafeCheckpointError, allow_pickle_from_env, load_model
 from .models import LABEL_SETS
 from .pipeline import PRECISIONS, CXRPipeline, PipelineResult, PreparedImage
 from .preprocessing import resize_image
@@ -112,6 +113,8 @@ REPORT_PANEL_SIDE = 512
 SEGMENTATION_ENV = "CXR_HUB_SEGMENTATION"
 SEGMENTATION_FOLDER = "cxr-lung-seg-fcdensenet103"
 PRECISION_ENV = "CXR_HUB_PRECISION"
+#: How error messages name an uploaded file (never its path or file name, which can carry a patient's name).
+UPLOAD_NAME = "The uploaded file"
 
 #: Display names of the classifiers' classes (the JSON keeps the config's names).
 CLASS_DISPLAY = {
@@ -243,10 +246,9 @@ class LoadedModels:
         return [c for c in self.class_names if c not in self.trained_classes] if self.classifier_loaded else []
 
 
-def _load(source: str) -> nn.Module:
-    from transformers import AutoModel  # cxr_hub registered its classes on import: no trust_remote_code needed
-
-    return AutoModel.from_pretrained(source).eval()
+def _load(source: str, allow_pickle: bool = False) -> nn.Module:
+    # cxr_hub registered its classes on import: no trust_remote_code; safetensors only unless the operator opted in
+    return load_model(source, allow_pickle=allow_pickle)
 
 
 # -------------------------------------------------------------------------------------------------------- caches
@@ -332,6 +334,8 @@ class CXRApp:
         models_dir: folder of the shipped models (default :data:`MODELS_DIR`, the repository's ``models/``).
         device: "cpu", "cuda" or None (CUDA when present).
         prepared_cache_size: images whose segmentation and 1024 frame are kept.
+        allow_pickle: also load pickle checkpoints (``pytorch_model.bin``, which can run code when loaded); None →
+            ``CXR_HUB_ALLOW_PICKLE`` in ``environ`` ("1"/"true"/"yes"), else False: safetensors only.
     """
 
     def __init__(
@@ -340,10 +344,12 @@ class CXRApp:
         models_dir: Path | None = None,
         device: str | None = None,
         prepared_cache_size: int = PREPARED_CACHE_SIZE,
+        allow_pickle: bool | None = None,
     ) -> None:
         self.environ = dict(os.environ if environ is None else environ)
         self.models_dir = MODELS_DIR if models_dir is None else Path(models_dir)
         self.device = device
+        self.allow_pickle = allow_pickle_from_env(self.environ) if allow_pickle is None else bool(allow_pickle)
         self._loaded: dict[str, LoadedModels] = {}
         self._modules: dict[str, nn.Module] = {}
         self._load_lock = threading.Lock()
@@ -363,7 +369,7 @@ class CXRApp:
     def _module(self, source: str) -> nn.Module:
         # shared between choices: one segmentation network in memory for both classifiers
         if source not in self._modules:
-            self._modules[source] = _load(source)
+            self._modules[source] = _load(source, self.allow_pickle)
         return self._modules[source]
 
     def models(self, choice: str) -> LoadedModels:
@@ -421,6 +427,8 @@ class CXRApp:
         """``(pixel hash, pixels)`` of an upload. Pixels is None when the hash is already known for this file and
         ``decode`` is False: a slider change then costs no decoding at all."""
         path = str(path)
+        if "\x00" in path:  # os.stat raises ValueError for it; no upload is ever named so
+            raise AppInputError("The upload's file name is invalid; please upload the file again.")
         try:
             st = os.stat(path)
             ident: tuple = (path, st.st_mtime_ns, st.st_size)
@@ -434,7 +442,8 @@ class CXRApp:
                 "The uploaded file is no longer on the server (uploads are deleted after about 15 minutes, for "
                 "privacy). Please upload it again."
             )
-        pixels = load_image(path)
+        # the upload's path is Gradio's cache folder plus the visitor's file name: neither belongs in a message
+        pixels = load_image(path, source_name=UPLOAD_NAME)
         digest = pixel_hash(pixels)
         self._path_hashes.put(ident, digest)
         self._path_hashes.put((path,), digest)
@@ -477,6 +486,8 @@ class CXRApp:
         if model not in MODEL_SPECS:
             raise AppInputError(f"Unknown model {model!r}; choose one of: {', '.join(MODEL_SPECS)}.")
         k_int, patch, seed_int = _check_int("K", k, K_MIN, K_MAX), _check_patch(patch_size), _check_seed(seed)
+        if saliency_class is not None and not isinstance(saliency_class, str):  # an API call can send anything
+            raise AppInputError(f"Saliency class must be {PREDICTED!r} or a class name, got {saliency_class!r}.")
         models = self.models(model)
         cls = (saliency_class or PREDICTED).strip()
         if cls != PREDICTED and cls not in models.class_names:
@@ -525,7 +536,8 @@ class CXRApp:
 
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:300]
+    # a refused pickle's message is written for the operator and ends with how to opt in: keep all of it
+    return text if isinstance(exc, UnsafeCheckpointError) else text[:300]
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int) -> int:

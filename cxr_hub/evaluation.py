@@ -29,13 +29,20 @@ DEFAULT_SEGMENTATION = "models/cxr-lung-seg-fcdensenet103"
 UNDERSEGMENTATION_THRESHOLD = 0.75
 
 
-def load_segmentation_model(name_or_path: str | Path, device: str | torch.device | None = None) -> torch.nn.Module:
+def load_segmentation_model(
+    name_or_path: str | Path, device: str | torch.device | None = None, allow_pickle: bool = False
+) -> torch.nn.Module:
     """Loads a cxr-hub segmentation model (local Hub folder or repo id) in eval mode on ``device``.
+
+    Only safetensors weights are read unless ``allow_pickle`` (see :func:`cxr_hub.loading.load_model`).
 
     Raises:
         FileNotFoundError: a local-looking path that does not exist (with a hint on how to get a model).
+        cxr_hub.loading.UnsafeCheckpointError: a pickle checkpoint and ``allow_pickle`` is False.
     """
     from transformers import AutoModelForSemanticSegmentation
+
+    from .loading import load_model
 
     path = Path(name_or_path)
     if not path.exists() and (str(name_or_path).startswith((".", "/", "models")) or path.suffix):
@@ -43,7 +50,7 @@ def load_segmentation_model(name_or_path: str | Path, device: str | torch.device
             f"No segmentation model at {path}. Train one with `python -m training.train_segmentation` or pass "
             "--segmentation with a Hub folder or repo id."
         )
-    model = AutoModelForSemanticSegmentation.from_pretrained(str(name_or_path))
+    model = load_model(name_or_path, AutoModelForSemanticSegmentation, allow_pickle=allow_pickle)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return model.to(dev).eval()
 

@@ -26,6 +26,9 @@ from typing import Any
 import yaml
 from huggingface_hub.errors import HfHubHTTPError
 
+# A Hub folder must hold safetensors only: PICKLE_SUFFIXES are the formats that unpickle (and can run code) on load.
+from .loading import PICKLE_SUFFIXES, pickle_checkpoints
+
 __all__ = [
     "BUILTIN_TEMPLATE",
     "CITATION_BIBTEX",
@@ -52,8 +55,6 @@ CLASSIFICATION_MODEL_TYPES = frozenset({"cxr_patch_classifier"})
 
 BASE_TAGS = ("medical-imaging", "chest-x-ray", "covid-19", "research-only")
 
-# Checkpoint formats that unpickle (and so can run code) on load; a Hub folder must hold safetensors only.
-PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
 
 # A superset of huggingface_hub's DEFAULT_IGNORE_PATTERNS, so the dry-run listing equals what upload_folder sends.
 IGNORE_PATTERNS: tuple[str, ...] = (
@@ -608,14 +609,6 @@ def render_model_card(
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _pickle_files(folder: Path) -> list[str]:
-    return sorted(
-        p.relative_to(folder).as_posix()
-        for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES and ".git" not in p.relative_to(folder).parts
-    )
-
-
 _STORAGE_DTYPES = {
     "float16": "float16",
     "fp16": "float16",
@@ -711,7 +704,7 @@ def export_hub_folder(
             config_path.write_text(json.dumps(config_json, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if image_processor is not None:
         image_processor.save_pretrained(out)
-    pickles = _pickle_files(out)
+    pickles = pickle_checkpoints(out)
     if pickles:
         raise RuntimeError(f"Pickle checkpoint(s) found in {out}: {pickles}. Remove them; only safetensors ship.")
     (out / "README.md").write_text(card, encoding="utf-8")
@@ -772,7 +765,7 @@ def validate_hub_folder(folder: str | Path) -> Path:
                 raise ValueError("front matter is not a mapping")
         except (yaml.YAMLError, ValueError) as exc:
             raise ValueError(f"{readme} has invalid YAML front matter: {exc}") from exc
-    pickles = _pickle_files(path)
+    pickles = pickle_checkpoints(path)
     if pickles:
         raise ValueError(f"{path} contains pickle checkpoint(s) {pickles}; remove them, only safetensors are pushed.")
     for name in ("config.json", "preprocessor_config.json"):

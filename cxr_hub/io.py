@@ -54,6 +54,18 @@ _DICOM_EXTENSIONS = (".dcm", ".dicom")
 # "identify" random bytes, and every extra parser is extra attack surface for uploaded files.
 _PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "PPM")
 _FORMATS_TEXT = "PNG, JPEG, BMP, TIFF, PGM/PPM or DICOM"
+# Leading bytes of common formats, to name the format of a file PIL could not open (strong magic numbers only).
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"RIFF", "RIFF (WebP/AVI/WAV)"),
+    (b"%PDF", "PDF"),
+    (b"PK\x03\x04", "ZIP"),
+)
 
 # ITU-R BT.601 luma weights.
 _LUMA = (0.299, 0.587, 0.114)
@@ -98,7 +110,7 @@ def is_dicom(data: bytes) -> bool:
     return len(view) >= 132 and bytes(view[128:132]) == b"DICM"
 
 
-def load_image(src: ImageSource) -> np.ndarray:
+def load_image(src: ImageSource, *, source_name: str | None = None) -> np.ndarray:
     """Loads a chest X-ray as a 2-D float32 gray image at its original resolution.
 
     Values keep the source's scale: 0..255 for 8-bit images, 0..65535 for 16-bit PNG/TIFF, and for DICOM the
@@ -119,6 +131,9 @@ def load_image(src: ImageSource) -> np.ndarray:
             a binary file object opened with ``"rb"`` (read from its current position); a ``PIL.Image.Image``;
             or a numpy array of shape (H, W), (H, W, 1), or (H, W, 3)/(H, W, 4) RGB/RGBA in uint8/uint16.
             Encoded data may be PNG, JPEG, BMP, TIFF, PGM/PPM or DICOM (recognised by content).
+        source_name: how error messages name a path source, as the subject of a sentence (e.g. "The uploaded
+            file", "File 'scan.dcm'"); default ``File '<the path>'``. Pass it when messages are shown to someone
+            else or written to a report: directory and file names can carry patient names.
 
     Returns:
         float32 array of shape (H, W), finite, not constant, with 64 <= H, W and H * W <= 60 megapixels.
@@ -140,8 +155,9 @@ def load_image(src: ImageSource) -> np.ndarray:
     if isinstance(src, (bytes, bytearray, memoryview)):
         return _finish(validate_image_array(_from_bytes(bytes(src), suffix="", what="The input data")))
     if isinstance(src, (str, os.PathLike)):
-        data, path = _read_path(src)
-        return _finish(validate_image_array(_from_bytes(data, suffix=path.suffix.lower(), what=f"File '{path}'")))
+        data, path = _read_path(src, source_name)
+        what = source_name or f"File '{path}'"
+        return _finish(validate_image_array(_from_bytes(data, suffix=path.suffix.lower(), what=what)))
     if callable(getattr(src, "read", None)):
         data = _read_file_object(src)
         name = getattr(src, "name", "")
@@ -176,18 +192,22 @@ def _check_header_size(width: int, height: int, what: str) -> None:
 # --------------------------------------------------------------------------------------------------------- sources
 
 
-def _read_path(src: str | os.PathLike[str]) -> tuple[bytes, Path]:
+def _read_path(src: str | os.PathLike[str], source_name: str | None) -> tuple[bytes, Path]:
     if isinstance(src, str) and not src.strip():
         raise CXRInputError("Empty file path: pass the path of an image file.")
+    name = os.fspath(src)
+    if not isinstance(name, str) or "\x00" in name:  # the OS refuses NUL with ValueError, not OSError
+        raise CXRInputError("The file path is not a valid path (bytes, or a NUL character); pass a str path.")
     path = Path(src).expanduser()
+    subject = source_name or f"File '{path}'"
     try:
         if not path.exists():
-            raise CXRInputError(f"File not found: '{path}'. Check the path and that the file exists.")
+            raise CXRInputError(f"{subject} was not found. Check the path and that the file exists.")
         if path.is_dir():
-            raise CXRInputError(f"'{path}' is a directory, not an image file.")
+            raise CXRInputError(f"{subject} is a directory, not an image file.")
         return path.read_bytes(), path
     except OSError as exc:
-        raise CXRInputError(f"Could not read '{path}': {exc.strerror or type(exc).__name__}.") from exc
+        raise CXRInputError(f"{subject} could not be read: {exc.strerror or type(exc).__name__}.") from exc
 
 
 def _read_file_object(src: Any) -> bytes:
@@ -233,6 +253,15 @@ def _from_bytes(data: bytes, suffix: str, what: str) -> np.ndarray:
     ds_array = _try_forced_dicom(data, what)
     if ds_array is not None:
         return ds_array
+    fmt = next((name for magic, name in _MAGIC if data.startswith(magic)), None)
+    if fmt in _PIL_FORMATS:
+        # PIL gives up on a header it cannot parse as if the format were unknown; "not supported" would mislead
+        raise CXRInputError(
+            f"{what} starts like a {fmt} file, but its header is corrupt or the file is truncated ({len(data)} "
+            "bytes). Re-export or re-download the image."
+        )
+    if fmt is not None:
+        raise CXRInputError(f"{what} is a {fmt} file, which is not supported: cxr-hub reads {_FORMATS_TEXT} files.")
     raise CXRInputError(f"{what} is not a supported image: cxr-hub reads {_FORMATS_TEXT} files.")
 
 
@@ -246,6 +275,9 @@ class _NotPILImageError(Exception):
 def _from_encoded_pil(data: bytes, what: str) -> np.ndarray:
     _warn_if_truncated_loading_enabled()
     with warnings.catch_warnings():
+        # PIL warns about corrupt metadata it then skips (EXIF, TIFF tags); what matters becomes a CXRInputError,
+        # the rest must not reach a user's terminal or a server log.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
         # PIL only warns between MAX_IMAGE_PIXELS and twice that; turn the warning into an error for this call only.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -261,8 +293,8 @@ def _from_encoded_pil(data: bytes, what: str) -> np.ndarray:
             raise
         except Exception as exc:
             raise CXRInputError(f"{what} has a corrupt image header ({type(exc).__name__}: {exc}).") from exc
-    with img:
-        return _from_pil(img, source_bytes=data, what=what)
+        with img:
+            return _from_pil(img, source_bytes=data, what=what)
 
 
 def _from_pil(img: Image.Image, source_bytes: bytes | None, what: str) -> np.ndarray:

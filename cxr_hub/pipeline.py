@@ -71,6 +71,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 #: Below this share of the image segmented as lung, a result is flagged as unreliable.
 DEFAULT_MIN_LUNG_FRACTION = 0.05
+#: (patch size, seed, ...) combinations whose patch results a PreparedImage keeps for re-use (a few MB at most).
+PATCH_CACHE_ENTRIES = 8
 
 #: The config fields the classifier frame and the patch defaults depend on; a ``frame_config`` given together with a
 #: classifier must agree with the classifier's config on all of them.
@@ -109,6 +111,9 @@ class PreparedImage:
         biomarkers: cardiothoracic ratio, lung intensity, lung areas.
         timings: ms per stage (load, preprocess, segment, biomarkers, total).
         warnings: image-level warnings (too little lung, no heart).
+        patch_cache: patch probabilities and Grad-CAM maps already computed for this image, per (classifier,
+            precision, sampling, patch size, seed), in whole chunks (see :meth:`CXRPipeline.analyze`); lets a K
+            change re-use the patches it shares with an earlier call. Filled by the pipeline; never compared.
     """
 
     image: np.ndarray
@@ -121,6 +126,9 @@ class PreparedImage:
     biomarkers: Biomarkers
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    patch_cache: dict[tuple, tuple[np.ndarray, torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @property
     def original_size(self) -> tuple[int, int]:
@@ -342,6 +350,9 @@ class CXRPipeline:
             classifier's config, or without a classifier ``PatchClassifierConfig()`` (the paper's settings). Given
             together with a classifier, it must agree with the classifier's config on :data:`FRAME_FIELDS`
             (the classifier's config is what the frame must match), else ValueError.
+        reuse_patches: keep each prepared image's patch probabilities and Grad-CAM maps per (patch size, seed) so a
+            later :meth:`analyze` with another K re-uses the patches the two draws share (results are bit-identical
+            to a fresh run; see :meth:`_classify_reusing`). Costs K x C x 7 x 7 floats per entry.
     """
 
     def __init__(
@@ -357,6 +368,7 @@ class CXRPipeline:
         sampling: str = "joint",
         min_lung_fraction: float = DEFAULT_MIN_LUNG_FRACTION,
         frame_config: PatchClassifierConfig | None = None,
+        reuse_patches: bool = True,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
@@ -390,6 +402,7 @@ class CXRPipeline:
         self.normalize_cams = bool(normalize_cams)
         self.sampling = sampling
         self.min_lung_fraction = float(min_lung_fraction)
+        self.reuse_patches = bool(reuse_patches)
         self.segmentation_model = self._place(segmentation_model)
         self.classifier_model = self._place(classifier_model) if classifier_model is not None else None
         self.global_classifier = self._place(global_classifier) if global_classifier else None
@@ -420,25 +433,32 @@ class CXRPipeline:
         classifier: str | Path | None = None,
         global_classifier: str | Path | None = None,
         device: str | torch.device | None = None,
+        allow_pickle: bool = False,
         **kwargs: Any,
     ) -> CXRPipeline:
         """Loads the models with ``transformers.AutoModel`` (Hub repo ids or local folders) and builds a pipeline.
 
-        ``cxr_hub`` registers its model classes on import, so no ``trust_remote_code`` is needed in this process.
+        ``cxr_hub`` registers its model classes on import, so no ``trust_remote_code`` is needed (or passed). Only
+        safetensors weights are read (:func:`cxr_hub.loading.load_model`).
 
         Args:
             segmentation: segmentation model repo id or folder.
             classifier: patch classifier repo id or folder; None → segmentation-only mode.
             global_classifier: optional global classifier repo id or folder.
             device: as in the constructor.
+            allow_pickle: also load pickle checkpoints (``pytorch_model.bin``), which can run code when loaded;
+                only for folders you trust. False (default): a folder holding one is refused.
             **kwargs: further constructor arguments (chunk_size, precision, ...).
-        """
-        from transformers import AutoModel
 
-        seg = AutoModel.from_pretrained(str(segmentation)).eval()
-        clf = AutoModel.from_pretrained(str(classifier)).eval() if classifier is not None else None
-        glob = AutoModel.from_pretrained(str(global_classifier)).eval() if global_classifier is not None else None
-        return cls(seg, clf, glob, device=device, **kwargs)
+        Raises:
+            cxr_hub.loading.UnsafeCheckpointError: a pickle checkpoint and ``allow_pickle`` is False.
+        """
+        from .loading import load_model
+
+        def load(source: str | Path | None) -> nn.Module | None:
+            return None if source is None else load_model(source, allow_pickle=allow_pickle)
+
+        return cls(load(segmentation), load(classifier), load(global_classifier), device=device, **kwargs)
 
     def _place(self, model: nn.Module) -> nn.Module:
         """Moves a model to the device in eval mode (in place), channels_last when enabled."""
@@ -604,6 +624,47 @@ class CXRPipeline:
                 cams.append(gradcam_from_features(features.float(), weight, all_classes, normalize=False))
         return torch.cat(probs).cpu(), torch.cat(cams)
 
+    def _classify_reusing(
+        self, prepared: PreparedImage, boxes: np.ndarray, patch_size: int, seed: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`classify_patches`, re-using the whole chunks of an earlier call on the same image and seed.
+
+        The sampler's draws are prefix-stable (the first K boxes of a K' > K draw are the K draw of the same seed),
+        so after one analysis at K, another at K' shares its first patches. Only whole chunks of ``chunk_size``
+        patches are kept, and the partial last chunk is always computed afresh: every chunk then holds exactly the
+        patches it holds in a fresh run, so the result is bit-identical to one without the cache. A cached prefix
+        whose boxes differ from the new draw (it cannot happen with numpy's generator, but is checked) is dropped.
+        """
+        if not self.reuse_patches or seed is None:
+            return self.classify_patches(prepared.frame, boxes)
+        cs, k = self.chunk_size, len(boxes)
+        full = (k // cs) * cs
+        key = (id(self.classifier_model), self.precision, self.sampling, int(patch_size), int(seed), cs)
+        cached = prepared.patch_cache.get(key)
+        if cached is not None and not np.array_equal(
+            cached[0][: min(full, len(cached[0]))], boxes[: min(full, len(cached[0]))]
+        ):
+            cached = None
+        have = 0 if cached is None else len(cached[0])
+        probs_parts: list[torch.Tensor] = []
+        cams_parts: list[torch.Tensor] = []
+        if cached is not None:
+            probs_parts.append(cached[1][: min(have, full)])
+            cams_parts.append(cached[2][: min(have, full)])
+        if full > have:
+            p, c = self.classify_patches(prepared.frame, boxes[have:full])
+            probs_parts.append(p)
+            cams_parts.append(c)
+            store_probs, store_cams = torch.cat(probs_parts), torch.cat(cams_parts)
+            if len(prepared.patch_cache) >= PATCH_CACHE_ENTRIES and key not in prepared.patch_cache:
+                prepared.patch_cache.pop(next(iter(prepared.patch_cache)))  # oldest first (insertion order)
+            prepared.patch_cache[key] = (boxes[:full].copy(), store_probs, store_cams)
+        if k > full:
+            p, c = self.classify_patches(prepared.frame, boxes[full:])
+            probs_parts.append(p)
+            cams_parts.append(c)
+        return torch.cat(probs_parts), torch.cat(cams_parts)
+
     def sample_patches(
         self,
         prepared: PreparedImage,
@@ -691,7 +752,7 @@ class CXRPipeline:
             )
 
         with timer.stage("classify"):
-            probs_t, cams_all = self.classify_patches(prepared.frame, boxes)
+            probs_t, cams_all = self._classify_reusing(prepared, boxes, patch_size, seed)
             probs = probs_t.numpy()
             winner, counts = majority_vote(probs)
         classes = self.resolve_classes(saliency_classes, winner)

@@ -146,3 +146,48 @@ def write_synthetic_manifest(root: Path, n: int = 6, seed: int = 0) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def save_tiny_model_folders(root: Path, num_patches: int = 16) -> tuple[Path, Path]:
+    """A tiny random segmentation model and 4-class patch classifier saved with ``save_pretrained``.
+
+    The segmentation head's bias leans towards the lung labels, so a random network still finds "lung" and the
+    whole pipeline runs (its outputs are meaningless; tests check plumbing, not medicine). Returns the two folders.
+    """
+    import torch
+
+    from cxr_hub import (
+        FCDenseNetConfig,
+        FCDenseNetForSemanticSegmentation,
+        PatchClassifierConfig,
+        PatchClassifierForImageClassification,
+    )
+
+    torch.manual_seed(0)
+    seg = FCDenseNetForSemanticSegmentation(
+        FCDenseNetConfig(
+            preset="fcdensenet56",
+            down_blocks=[2, 2],
+            bottleneck_layers=2,
+            growth_rate=4,
+            first_conv_channels=8,
+            image_size=64,
+        )
+    ).eval()
+    with torch.no_grad():
+        seg.classifier.bias.copy_(torch.tensor([0.0, 0.0, 0.5, 0.5]))
+    clf = PatchClassifierForImageClassification(
+        PatchClassifierConfig(image_size=256, patch_size=64, input_size=32, num_patches=num_patches)
+    )
+    with torch.no_grad():  # larger head weights than the init: distinct probabilities, non-empty Grad-CAM maps
+        clf.classifier.weight.normal_(0, 0.5)
+    seg_dir, clf_dir = root / "seg", root / "clf"
+    seg.save_pretrained(seg_dir)
+    clf.eval().save_pretrained(clf_dir)
+    return seg_dir, clf_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(segmentation folder, classifier folder) of :func:`save_tiny_model_folders`, made once per test session."""
+    return save_tiny_model_folders(tmp_path_factory.mktemp("tiny_model_folders"))

@@ -273,10 +273,11 @@ def test_handler_turns_input_errors_into_gr_error(full_app: demo.CXRApp, tmp_pat
     from cxr_hub import CXRInputError, load_image
 
     with pytest.raises(CXRInputError) as expected:
-        load_image(str(corrupt))
+        load_image(str(corrupt), source_name=demo.UPLOAD_NAME)
     with pytest.raises(gr.Error) as err:
         analyze(str(corrupt), demo.PAPER_MODEL, 100, 224, 0, demo.PREDICTED)
-    assert err.value.message == str(expected.value)  # the loader's own message, no traceback
+    # the loader's own message, no traceback, and no server path or file name
+    assert err.value.message == str(expected.value) and str(tmp_path) not in err.value.message
     assert "Traceback" not in err.value.message
     not_an_image = tmp_path / "notes.txt"
     not_an_image.write_text("hello")
