@@ -39,6 +39,7 @@ from PIL import Image
 
 from cxr_hub import LABEL_SETS, CXRInputError, load_image
 from cxr_hub.demo import (
+    BIOMARKER_REFERENCE,
     COVIDX_MODEL,
     DISPLAY_SIDE,
     K_DEFAULT,
@@ -47,13 +48,12 @@ from cxr_hub.demo import (
     MODEL_CHOICES,
     MODEL_SPECS,
     PAPER_MODEL,
-    PAPER_REFERENCE,
-    PAPER_REFERENCE_PENDING,
     PATCH_DEFAULT,
     PATCH_MAX,
     PATCH_MIN,
     PATCH_STEP,
     PREDICTED,
+    REFERENCE_PENDING,
     SEGMENTATION_ENV,
     UPLOAD_NAME,
     Analysis,
@@ -86,8 +86,8 @@ __all__ = [  # the UI, plus the engine names re-exported for tests, benchmarks a
     "COVIDX_MODEL",
     "OUTPUT_NAMES",
     "PAPER_MODEL",
-    "PAPER_REFERENCE_PENDING",
     "PREDICTED",
+    "REFERENCE_PENDING",
     "UNTRAINED",
     "AppInputError",
     "CXRApp",
@@ -198,14 +198,20 @@ def _biomarkers_markdown(a: Analysis) -> str:
             None,
         ),
     ]
-    head = "| biomarker | this image | paper, per class (normal / bacterial / TB / viral / COVID-19) |\n|---|---|---|"
+    ref = BIOMARKER_REFERENCE
+    classes = list(ref["classes"]) if ref else []
+    head = (
+        "| biomarker | this image | per class on this project's data, mean ± SD ("
+        + " / ".join(display_name(c) for c in classes)
+        + ") |\n|---|---|---|"
+        if ref
+        else "| biomarker | this image | per-class reference |\n|---|---|---|"
+    )
     body = []
     for label, value, key in rows:
-        ref = PAPER_REFERENCE.get(key) if key else None
+        values = ref["values"].get(key) if ref and key else None
         ref_text = (
-            " / ".join(ref.get(c, "–") for c in ("normal", "bacterial", "tuberculosis", "viral", "covid"))
-            if ref
-            else (PAPER_REFERENCE_PENDING if key else "—")
+            " / ".join(values.get(c) or "absent" for c in classes) if values else (REFERENCE_PENDING if key else "—")
         )
         body.append(f"| {label} | {value} | {ref_text} |")
     notes = "".join(f"\n- {w}" for w in b.warnings)
@@ -215,6 +221,7 @@ def _biomarkers_markdown(a: Analysis) -> str:
         + "\n".join(body)
         + "\n\nFrom this image's segmentation, in pixels of the original image (square pixels assumed). The paper "
         "compares such statistics between classes (Tables VI, VII, IX); one image's value says little on its own."
+        + (f"\n\nReference: {ref['description']}" if ref else "")
         + notes
     )
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .biomarkers import CLASS_BIOMARKERS, Biomarkers
-from .stats import compare_classes, normality_markdown, pairwise_markdown, summary_markdown
+from .stats import compare_classes, format_mean_sd, normality_markdown, pairwise_markdown, summary_markdown
 
 __all__ = [
     "BIOMARKER_COLUMNS",
@@ -504,6 +504,36 @@ def run_biomarkers(
     return report
 
 
+def reference_from_report(report: Mapping[str, Any], description: str) -> dict[str, Any]:
+    """The app's per-class reference values (``cxr_hub/data/biomarker_reference.json``) from a ``stats.json`` report.
+
+    Args:
+        report: :func:`run_biomarkers` output (``stats.json``).
+        description: one sentence saying where the numbers come from (shown in the app).
+
+    Returns:
+        ``{"description", "task", "classes", "n", "values": {biomarker: {class: "mean ± SD" or None}}}`` over all
+        views; an absent class (no images) or a class without values maps to None, never to a number.
+    """
+    sub = report["all_views"]
+    values: dict[str, dict[str, str | None]] = {}
+    for b, (_, digits) in CLASS_BIOMARKERS.items():
+        per_class = sub["biomarkers"][b]["per_class"]
+        values[b] = {
+            c: None
+            if per_class[c].get("absent") or "mean" not in per_class[c]
+            else format_mean_sd(per_class[c], digits)
+            for c in report["classes"]
+        }
+    return {
+        "description": description,
+        "task": report.get("task"),
+        "classes": list(report["classes"]),
+        "n": dict(sub["n_by_class"]),
+        "values": values,
+    }
+
+
 def run_biomarkers_command(args: argparse.Namespace) -> int:
     """CLI handler for ``biomarkers``; returns the exit code (2: bad input)."""
     try:
@@ -522,6 +552,16 @@ def run_biomarkers_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.reference_json:
+        sub = report["all_views"]
+        description = (
+            f"{report['n_images']} labelled images of {Path(args.manifest).resolve().parent.name} "
+            f"({', '.join(f'{c} {n}' for c, n in sub['n_by_class'].items() if n)}), biomarkers from the segmentation "
+            "model, all views (`python -m cxr_hub biomarkers`; tables in RESULTS.md)."
+        )
+        ref = reference_from_report(report, description)
+        Path(args.reference_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.reference_json).write_text(json.dumps(ref, indent=1, ensure_ascii=False) + "\n")
     sub = report["all_views"]
     counts = ", ".join(f"{c} {n}" for c, n in sub["n_by_class"].items())
     print(f"analysed {report['n_images']} images ({counts}); {len(report['failures'])} failed")
@@ -553,5 +593,9 @@ def add_parser(subparsers: Any) -> None:
         action="store_true",
         help="keep the images already in OUT/biomarkers.csv (made with the same manifest, task and model) and do only "
         "the rest; rows outside this run's selection are dropped from the CSV",
+    )
+    p.add_argument(
+        "--reference-json",
+        help="also write the per-class mean ± SD as the app's reference file (cxr_hub/data/biomarker_reference.json)",
     )
     p.set_defaults(func=run_biomarkers_command)

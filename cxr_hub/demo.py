@@ -126,13 +126,26 @@ CLASS_DISPLAY = {
     "covid": "COVID-19",
 }
 
-#: The paper's per-class biomarker statistics (Tables VI, VII and IX of Oh, Park, Ye 2020), keyed by biomarker
-#: ("cardiothoracic_ratio", "lung_mean_intensity", "lung_std_intensity") → class ("normal", "bacterial",
-#: "tuberculosis", "viral", "covid") → value as printed in the paper.
-#: TODO: fill in from the paper's tables, checked against the PDF (RESULTS.md). Deliberately empty until then:
-#: a reference value shown to a class must be the paper's number, never a guess.
-PAPER_REFERENCE: dict[str, dict[str, str]] = {}
-PAPER_REFERENCE_PENDING = "reference values: see RESULTS.md (pending)"
+#: Per-class biomarker reference values measured on this project's curated data by ``python -m cxr_hub biomarkers``
+#: (see RESULTS.md), shipped with the package: ``{"description", "classes", "n", "values": {biomarker: {class:
+#: "mean ± SD"}}}``. The paper's own Tables VI, VII and IX are not re-typed here: a number shown beside a class must
+#: be one that was measured or checked, never a guess.
+REFERENCE_FILE = Path(__file__).resolve().parent / "data" / "biomarker_reference.json"
+REFERENCE_PENDING = "no per-class reference measured yet (run python -m cxr_hub biomarkers)"
+
+
+def load_biomarker_reference(path: Path | None = None) -> dict[str, Any] | None:
+    """The shipped per-class biomarker reference (see :data:`REFERENCE_FILE`), or None when absent or unreadable."""
+    try:
+        ref = json.loads((path or REFERENCE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(ref, dict) or not isinstance(ref.get("values"), dict) or not ref.get("classes"):
+        return None
+    return ref
+
+
+BIOMARKER_REFERENCE: dict[str, Any] | None = load_biomarker_reference()
 
 
 # ---------------------------------------------------------------------------------------------- model discovery
@@ -610,7 +623,7 @@ def summary_dict(a: Analysis, include_patches: bool = False) -> dict[str, Any]:
         "image_size": list(a.image.shape[:2]) if a.prepared is not None else None,
         "num_patch_boxes": None if a.boxes is None else len(a.boxes),
         "biomarkers": a.prepared.biomarkers.to_dict() if a.prepared is not None else None,
-        "paper_reference": PAPER_REFERENCE or None,
+        "biomarker_reference": BIOMARKER_REFERENCE,
         "triage_education": triage_text(a, markdown=False),
         "cache": "hit" if a.cache_hit else "miss",
         "device": str(m.pipeline.device) if m.pipeline is not None else None,

@@ -76,10 +76,17 @@ def test_cli_end_to_end_on_a_saved_model(tmp_path, tiny_seg_folder, capsys):
     out = tmp_path / "out"
     code = main(
         ["biomarkers", "--manifest", str(manifest), "--task", "label4", "--segmentation", str(tiny_seg_folder),
-         "--device", "cpu", "--out", str(out)]
+         "--device", "cpu", "--out", str(out), "--reference-json", str(tmp_path / "ref" / "reference.json")]
     )  # fmt: skip
     assert code == 0
     assert "analysed 6 images" in capsys.readouterr().out
+    # the app's per-class reference file: measured numbers for present classes, None for the absent one
+    from cxr_hub.demo import load_biomarker_reference
+
+    ref = load_biomarker_reference(tmp_path / "ref" / "reference.json")
+    assert ref is not None and ref["classes"] == LABEL4 and ref["n"]["normal"] == 2 and ref["task"] == "label4"
+    assert ref["values"]["lung_mean_intensity"]["tuberculosis"] is None
+    assert " ± " in ref["values"]["lung_mean_intensity"]["normal"] and "6 labelled images" in ref["description"]
     for name in ("biomarkers.csv", "stats.json", "tables.md", "scatter_intensity.png", "mean_sd_by_class.png"):
         assert (out / name).is_file(), name
     for png in ("scatter_intensity.png", "mean_sd_by_class.png"):
