@@ -55,3 +55,60 @@ def test_shipped_segmentation_finds_two_lungs_and_a_heart_between(seg_model, exa
     # PA view: the patient's right lung is on the image's left
     assert centroids["right_lung"][0] < 0.5 < centroids["left_lung"][0]
     assert centroids["right_lung"][0] < centroids["heart"][0] < centroids["left_lung"][0]
+
+
+CLASSIFIERS = {
+    "cxr-patch-resnet18": ("label4", "patch", ["normal", "bacterial", "viral_covid"]),
+    "cxr-global-resnet18": ("label4", "global", ["normal", "bacterial", "viral_covid"]),
+    "cxr-patch-resnet18-covidx": ("label3", "patch", ["normal", "pneumonia", "covid"]),
+}
+
+
+def _shipped_classifier(name: str):
+    folder = REPO_ROOT / "models" / name
+    if not (folder / "model.safetensors").is_file():
+        pytest.skip(f"shipped classifier absent ({folder})")
+    from cxr_hub.loading import load_model
+
+    return folder, load_model(folder).eval()
+
+
+@pytest.mark.parametrize("name", list(CLASSIFIERS))
+def test_shipped_classifier_folder_config_and_card(name):
+    folder, model = _shipped_classifier(name)
+    label_set, mode, trained = CLASSIFIERS[name]
+    cfg = model.config
+    assert (cfg.label_set, cfg.mode) == (label_set, mode)
+    assert list(cfg.trained_classes) == trained  # tuberculosis stays untrained: no images
+    assert next(model.parameters()).dtype == torch.float32  # fp16 storage loads as float32
+    files = {p.name for p in folder.iterdir()}
+    assert {
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "README.md",
+        "training_config.json",
+    } <= files
+    assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl")) for f in files)
+    assert sum(p.stat().st_size for p in folder.iterdir()) / 2**20 <= 25
+    # the card's numbers are the measured test metrics saved beside the weights, not typed in
+    final = json.loads((folder / "training_config.json").read_text())
+    card = (folder / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    values = {m["type"]: m["value"] for m in front["model-index"][0]["results"][0]["metrics"]}
+    assert values["accuracy"] == pytest.approx(final["test"]["accuracy"], abs=1e-4)
+    assert values["macro_f1"] == pytest.approx(final["test"]["f1"], abs=1e-4)
+    assert "from scratch" in card and "NOT for clinical use" in card
+
+
+def test_shipped_patch_classifier_on_an_example():
+    if not (SEG_DIR / "model.safetensors").is_file():
+        pytest.skip("shipped segmentation model absent")
+    folder, _ = _shipped_classifier("cxr-patch-resnet18")
+    from cxr_hub import CXRPipeline
+
+    pipe = CXRPipeline.from_pretrained(SEG_DIR, folder, REPO_ROOT / "models" / "cxr-global-resnet18", device="cpu")
+    r = pipe(EXAMPLES[0], k=20, seed=0)
+    assert sum(r.votes.values()) == 20 and r.label in r.votes and r.global_label in r.votes
+    assert any("tuberculosis" in w for w in r.warnings)  # the untrained class is flagged
+    assert 0.0 <= r.saliency_in_lung[r.label] <= 1.0
