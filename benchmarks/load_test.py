@@ -121,14 +121,22 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> float:
     raise RuntimeError(f"the app did not answer at {url} within {timeout:.0f} s")
 
 
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def stop_server(proc: subprocess.Popen, timeout: float = 60.0) -> bool:
+    """SIGTERM, then SIGKILL after ``timeout`` s; returns True when the server had to be killed.
+
+    The app purges its uploads on the way out; on a busy machine that takes a while, and a kill would leave them on
+    disk (and be counted as a privacy failure), so the wait is generous.
+    """
+    if proc.poll() is not None:
+        return False
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+        return False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return True
 
 
 def user(
@@ -238,6 +246,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no example images in {EXAMPLES_DIR}", file=sys.stderr)
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="cxr_load_test_"))
+    # Uploads are renamed copies with a trailing comment byte string after the JPEG end marker (decoders ignore it):
+    # the app's example gallery puts Gradio copies of the same examples in the same cache, and only files that were
+    # uploaded may count in the privacy check below.
+    (tmp / "uploads").mkdir()
+    uploads = []
+    for f in valid_files:
+        copy = tmp / "uploads" / f"upload_{f.name}"
+        copy.write_bytes(f.read_bytes() + b"cxr-load-test upload")
+        uploads.append(copy)
+    gallery_names = {f.name for f in valid_files}
+    valid_files = uploads
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(tmp / "gradio")}
     note = "the app's discovery (models/ and CXR_HUB_* variables)"
     if args.random:
@@ -273,13 +292,23 @@ def main(argv: list[str] | None = None) -> int:
         if rss_loaded is not None:
             rss["VmRSS_after_load"] = rss_loaded
     finally:
-        stop_server(proc)
+        stop_started = time.monotonic()
+        killed = stop_server(proc)
+        stop_seconds = time.monotonic() - stop_started
         # a privacy check for free: Gradio's shutdown should have deleted every upload (app.py handles SIGTERM)
-        uploads_left = sum(1 for p in (tmp / "gradio").glob("*/*") if p.is_file())
+        left_all = sorted(p.name for p in (tmp / "gradio").glob("*/*") if p.is_file())
+        # the gallery's own copies of the committed examples are public and not uploads; everything else is
+        left = [name for name in left_all if name not in gallery_names]
+        gallery_left = len(left_all) - len(left)
+        uploads_left = len(left)
         shutil.rmtree(tmp / "gradio", ignore_errors=True)
         shutil.rmtree(tmp / "models", ignore_errors=True)
+        shutil.rmtree(tmp / "uploads", ignore_errors=True)
     summary = summarize(results, elapsed, rss)
     summary["uploads_left_after_shutdown"] = uploads_left
+    summary["files_left_after_shutdown"] = left  # test files only (uploaded copies and corpus files)
+    summary["gallery_copies_left"] = gallery_left
+    summary["shutdown"] = {"seconds": round(stop_seconds, 1), "killed": killed}
     summary.update(models=note, users=args.users, seconds=args.seconds, server_log=str(log_path))
     summary["stuck_users"] = sum(t.is_alive() for t in threads)
 
@@ -302,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         f"server RSS: peak {mib.get('VmHWM', 'n/a')} MiB, after model load {mib.get('VmRSS_after_load', 'n/a')} MiB, "
         f"at the end {mib.get('VmRSS', 'n/a')} MiB"
     )
-    print(f"uploads left on disk after the server stopped: {uploads_left}")
+    print(f"uploads left on disk after the server stopped: {uploads_left}" + (f" ({', '.join(left)})" if left else ""))
+    print(f"Gradio's copies of the example gallery left in its cache (public images, not uploads): {gallery_left}")
+    print(f"shutdown: {stop_seconds:.1f} s after SIGTERM" + (" (killed: it did not exit in time)" if killed else ""))
     print(f"server log: {log_path}")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
