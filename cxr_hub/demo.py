@@ -417,7 +417,7 @@ class CXRApp:
                     glob = None
             except Exception as exc:
                 errors.append(f"could not load the global classifier {src.global_classifier}: {_short(exc)}")
-        precision = self.environ.get(PRECISION_ENV, "auto")  # bf16 on a CPU: an unvalidated opt-in
+        precision = self.environ.get(PRECISION_ENV, "auto")  # auto: bf16 where the CPU has it (validated)
         if precision not in PRECISIONS:
             errors.append(f"{PRECISION_ENV}={precision!r} ignored: use one of {', '.join(PRECISIONS)}")
             precision = "auto"

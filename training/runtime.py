@@ -9,17 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from cxr_hub.pipeline import cpu_has_bf16
+
 STATE_FILE = "training_state.pt"
 AMP_CHOICES = ("auto", "bf16", "fp16", "none")
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has native bf16 instructions (AVX512-BF16 or AMX), where bf16 autocast pays off."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -40,7 +33,7 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if torch.backends.mkldnn.is_available() and cpu_has_bf16() else None
+    return torch.bfloat16 if cpu_has_bf16() else None
 
 
 def out_of_budget(start_time: float, epochs_this_run: int, max_minutes: float | None) -> bool:

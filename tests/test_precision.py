@@ -1,0 +1,51 @@
+"""The pipeline's precision rule: bf16 autocast on CPUs with native bf16, and its agreement with fp32 on real films."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT, synthetic_cxr
+from test_pipeline import PatternSegmenter, _classifier, chest_labels
+
+import cxr_hub.pipeline as pipeline_module
+from cxr_hub import CXRPipeline
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_follows_the_cpu(monkeypatch, tiny_fcdensenet_config, tiny_classifier_config, native):
+    monkeypatch.setattr(pipeline_module, "cpu_has_bf16", lambda: native)
+    seg = PatternSegmenter(tiny_fcdensenet_config, chest_labels)
+    pipe = CXRPipeline(seg, _classifier(tiny_classifier_config), device="cpu")
+    with pipe._autocast():
+        assert torch.is_autocast_enabled("cpu") is native
+    fp32 = CXRPipeline(seg, _classifier(tiny_classifier_config), device="cpu", precision="fp32")
+    with fp32._autocast():
+        assert not torch.is_autocast_enabled("cpu")
+    image = synthetic_cxr(np.random.default_rng(0), 200, 180)
+    a, b = pipe(image, k=12, seed=1), fp32(image, k=12, seed=1)
+    np.testing.assert_allclose(a.patch_probabilities, b.patch_probabilities, atol=0.05)
+
+
+@pytest.mark.slow
+def test_bf16_agrees_with_fp32_on_real_films(cxr_data):
+    """The rule that made bf16 the CPU default, re-checked on 8 test-split films (the full check: 100 films)."""
+    seg, clf = REPO_ROOT / "models" / "cxr-lung-seg-fcdensenet103", REPO_ROOT / "models" / "cxr-patch-resnet18"
+    if not (seg / "model.safetensors").is_file() or not (clf / "model.safetensors").is_file():
+        pytest.skip("shipped models absent")
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    from precision_agreement import MAX_MEAN_ABS_DPROB, compare_precisions
+
+    from cxr_hub.evaluation import select_rows
+    from cxr_hub.manifest import read_manifest
+
+    rows = [r for r in read_manifest(cxr_data / "manifest.csv") if r.label4]
+    rows = select_rows(rows, REPO_ROOT / "training" / "splits" / "splits_seed0.json", "classification:test")[:8]
+    pipe = CXRPipeline.from_pretrained(seg, clf, device="cpu")
+    records = [compare_precisions(pipe, pipe.prepare(r.image), k=100, seed=0) for r in rows]
+    assert all(r["same_label"] for r in records)
+    assert np.mean([r["mean_abs_dprob_patch"] for r in records]) <= MAX_MEAN_ABS_DPROB
