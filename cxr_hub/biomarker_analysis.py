@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from .biomarkers import CLASS_BIOMARKERS, Biomarkers
+from .classification import json_ready
 from .stats import compare_classes, format_mean_sd, normality_markdown, pairwise_markdown, summary_markdown
 
 __all__ = [
@@ -125,19 +126,6 @@ def _write_csv(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # Statistics and tables
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _json_ready(value: Any) -> Any:
-    """NaN/inf → None and numpy scalars → Python numbers, recursively (strict JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _subset_stats(records: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> dict[str, Any]:
@@ -496,7 +484,7 @@ def run_biomarkers(
             "failures": failures,
         }
     )
-    report = _json_ready(report)
+    report = json_ready(report)
     (out / "stats.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     (out / "tables.md").write_text(render_tables(report))
     plot_scatter(records, classes, out / "scatter_intensity.png")

@@ -319,12 +319,12 @@ def classification_report(
     return report
 
 
-def _json_ready(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
     """NaN/inf → None and numpy scalars → Python numbers, recursively, for ``json.dumps(allow_nan=False)``."""
     if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -535,7 +535,7 @@ def evaluate_classification(
     )
     if failures:
         metrics["notes"].append(f"{len(failures)} image(s) could not be analysed and are not counted (see failures)")
-    metrics = _json_ready(metrics)
+    metrics = json_ready(metrics)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     with (out / "predictions.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(records[0]))

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,7 +36,7 @@ import torch
 from tqdm import tqdm
 
 from cxr_hub import PatchClassifierForImageClassification, patches
-from cxr_hub.classification import classification_report
+from cxr_hub.classification import classification_report, json_ready
 from cxr_hub.stats import compare_classes, normality_markdown, pairwise_markdown, summary_markdown
 from training.classifier_data import ClassifierData, load_task_splits, normalise
 from training.runtime import autocast_dtype
@@ -314,9 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         "files": files,
         "seconds": round(time.time() - start, 1),
     }
-    (out / "patch_analysis.json").write_text(
-        json.dumps(payload, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v) + "\n"
-    )
+    (out / "patch_analysis.json").write_text(json.dumps(json_ready(payload), indent=1, allow_nan=False) + "\n")
     print("\n".join(md[6:12]))
     return 0
 
