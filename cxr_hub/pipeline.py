@@ -94,7 +94,16 @@ PATCH_CACHE_ENTRIES = 8
 
 #: The config fields the classifier frame and the patch defaults depend on; a ``frame_config`` given together with a
 #: classifier must agree with the classifier's config on all of them.
-FRAME_FIELDS = ("image_size", "do_equalize", "gamma", "image_mean", "image_std", "patch_size", "num_patches")
+FRAME_FIELDS = (
+    "image_size",
+    "do_equalize",
+    "gamma",
+    "image_mean",
+    "image_std",
+    "patch_size",
+    "num_patches",
+    "lung_masked",
+)
 
 
 class NoClassifierError(RuntimeError):
@@ -548,7 +557,9 @@ class CXRPipeline:
                 "X-ray? Lateral views, other body parts and non-radiographs cannot be analysed."
             )
         with timer.stage("preprocess"):
-            frame = cls_proc.frame_from_preprocessed(pre, lung_mask)
+            # a classifier trained without the lung mask (the mask ablation) must see the unmasked frame too
+            frame_mask_source = lung_mask if getattr(self.frame_config, "lung_masked", True) else None
+            frame = cls_proc.frame_from_preprocessed(pre, frame_mask_source)
             frame_mask = resize_label_map(lung_mask, cls_proc.size)
         if not frame_mask.any():
             raise CXRInputError(
@@ -849,7 +860,8 @@ class CXRPipeline:
         assert self.global_classifier is not None and self.global_config is not None and self.global_processor
         model, cfg, proc = self.global_classifier, self.global_config, self.global_processor
         pre = self._preprocessed(prepared.image, proc, prepared.preprocessed, prepared.preprocess_params)
-        x = torch.from_numpy(proc.frame_from_preprocessed(pre, prepared.lung_mask))[None, None].to(self.device)
+        mask = prepared.lung_mask if getattr(cfg, "lung_masked", True) else None
+        x = torch.from_numpy(proc.frame_from_preprocessed(pre, mask))[None, None].to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():

@@ -5,6 +5,7 @@ Plain functions on sequences of numbers, independent of models and files, so the
 * :func:`class_summary` — n, mean ± SD (population SD, ddof = 0, the project's convention for ±), median, range.
 * :func:`ks_normality` — Kolmogorov–Smirnov test of the standardised values against N(0, 1).
 * :func:`rank_sum` / :func:`pairwise_rank_sums` — two-sided Wilcoxon rank-sum tests between classes.
+* :func:`mcnemar_exact` — exact McNemar test of two classifiers scored on the same images (paired).
 * :func:`significance_stars` — ``*`` / ``**`` / ``***`` for p < 0.05 / 0.01 / 0.001.
 * :func:`compare_classes` — all of the above for one biomarker over a fixed list of classes.
 * :func:`markdown_table`, :func:`summary_markdown`, :func:`normality_markdown`, :func:`pairwise_markdown` — tables
@@ -38,6 +39,7 @@ __all__ = [
     "format_p",
     "ks_normality",
     "markdown_table",
+    "mcnemar_exact",
     "normality_markdown",
     "pairwise_markdown",
     "pairwise_rank_sums",
@@ -157,6 +159,32 @@ def rank_sum(a: Iterable[float | None], b: Iterable[float | None]) -> dict[str, 
         "p": p,
         "stars": significance_stars(p),
     }
+
+
+def mcnemar_exact(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict[str, Any]:
+    """Exact two-sided McNemar test: do two classifiers scored on the same images differ in accuracy?
+
+    Only the discordant images count: ``b`` = right by A only, ``c`` = right by B only; under the null each
+    discordant image is a fair coin, so p is the two-sided binomial test of ``b`` out of ``b + c`` at 0.5.
+
+    Args:
+        correct_a: per image, whether classifier A was right.
+        correct_b: the same images, classifier B.
+
+    Returns:
+        ``{"n", "a_only", "b_only", "p", "stars"}``; p is 1.0 when there is no discordant image.
+
+    Raises:
+        ValueError: the two sequences differ in length.
+    """
+    a = np.asarray(correct_a, dtype=bool)
+    b = np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"correct_a and correct_b must score the same images, got {a.shape} and {b.shape}.")
+    a_only, b_only = int((a & ~b).sum()), int((~a & b).sum())
+    discordant = a_only + b_only
+    p = float(sps.binomtest(a_only, discordant, 0.5).pvalue) if discordant else 1.0
+    return {"n": int(a.size), "a_only": a_only, "b_only": b_only, "p": p, "stars": significance_stars(p)}
 
 
 def pairwise_rank_sums(groups: Mapping[str, Iterable[float | None]]) -> list[dict[str, Any]]:

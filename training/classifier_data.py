@@ -30,6 +30,7 @@ import argparse
 import hashlib
 import io
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -138,21 +139,54 @@ def normalise(gray: Any, mean: float, std: float) -> Any:
     return (gray / 255.0 - mean) / std
 
 
-def global_frames(data: ClassifierData, size: int) -> np.ndarray:
+def global_frames(data: ClassifierData, size: int, lung_mask: bool = True) -> np.ndarray:
     """The global classifier's inputs: whole masked frames resized to ``size`` (area averaging), float32 [0, 255].
 
     The mask is resized with nearest neighbour and applied again after resizing, as the pipeline does for its global
     classifier (which resizes from the original image rather than from the 1024 frame; the difference is a
-    fraction of a gray level inside the lung).
+    fraction of a gray level inside the lung). ``lung_mask=False`` (frames loaded unmasked) skips the mask.
 
     Returns:
         float32 (N, size, size).
     """
     out = np.empty((len(data), size, size), np.float32)
     for i in range(len(data)):
-        m = resize_label_map(data.masks[i], size)
-        out[i] = resize_image(data.frames[i].astype(np.float32), size) * m
+        resized = resize_image(data.frames[i].astype(np.float32), size)
+        out[i] = resized * resize_label_map(data.masks[i], size) if lung_mask else resized
     return out
+
+
+def fraction_subset(data: ClassifierData, fraction: float, seed: int = 0) -> ClassifierData:
+    """A patient-level, class-stratified share of ``data`` (the training-set-size ablation, the paper's Fig. 12).
+
+    Patients are grouped by the class of their first image; within each class they are shuffled once with
+    ``default_rng(seed)`` and the first ``ceil(fraction * n)`` are kept (at least one per present class). The same
+    seed gives nested subsets: the 10 % patients are among the 30 %, those among the 50 %.
+
+    Args:
+        data: the training images.
+        fraction: share of each class's patients to keep, in (0, 1].
+        seed: shuffle seed.
+
+    Returns:
+        The kept images, in their original order.
+
+    Raises:
+        ValueError: ``fraction`` outside (0, 1].
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
+    if fraction == 1.0:
+        return data
+    patient_class: dict[str, int] = {}
+    for patient, label in zip(data.patients, data.labels, strict=True):
+        patient_class.setdefault(patient, int(label))
+    keep: set[str] = set()
+    for c in sorted(set(patient_class.values())):
+        members = sorted(p for p, k in patient_class.items() if k == c)
+        order = np.random.default_rng([seed, c]).permutation(len(members))
+        keep.update(members[j] for j in order[: max(1, math.ceil(fraction * len(members)))])
+    return data.subset([i for i, p in enumerate(data.patients) if p in keep])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -316,7 +350,11 @@ def build_cache(
 
 
 def load_cached_data(
-    rows: Sequence[ManifestRow], task: str, folder: str | Path, class_names: Sequence[str] | None = None
+    rows: Sequence[ManifestRow],
+    task: str,
+    folder: str | Path,
+    class_names: Sequence[str] | None = None,
+    lung_mask: bool = True,
 ) -> tuple[ClassifierData, list[str]]:
     """Reads the cached frames of the rows labelled for ``task`` into a :class:`ClassifierData`.
 
@@ -325,6 +363,7 @@ def load_cached_data(
         task: "label4" or "label3".
         folder: a cache folder written by :func:`build_cache`.
         class_names: class order (default ``LABEL_SETS[task]``).
+        lung_mask: zero the frames outside the lungs (the paper); False keeps them whole (the mask ablation).
 
     Returns:
         ``(data, missing)``: the data and the ids that are not in the cache (failures or not built).
@@ -342,7 +381,7 @@ def load_cached_data(
             continue
         frame, mask = cached
         kept.append(r)
-        frames.append(masked_frame(frame, mask))
+        frames.append(masked_frame(frame, mask) if lung_mask else frame)
         masks.append(mask)
     data = _assemble(
         [r.id for r in kept],
@@ -504,6 +543,7 @@ def load_task_splits(
     gamma: float | None = 0.5,
     device: str | None = None,
     limit: int | None = None,
+    lung_mask: bool = True,
 ) -> tuple[dict[str, ClassifierData], dict[str, Any]]:
     """Train / val / test :class:`ClassifierData` for ``task``, from a pack or from the (cached) shared data.
 
@@ -521,6 +561,8 @@ def load_task_splits(
         image_size, do_equalize, gamma: the classifier's frame and preprocessing; a pack must match them.
         device: device for the segmentation model while caching.
         limit: at most this many images per split (smoke runs).
+        lung_mask: lung-masked frames (the paper); False gives the whole frames (cache only: a pack stores masked
+            frames).
 
     Returns:
         ``({"train", "val", "test"}, info)``; ``info`` describes the source (``kind`` "pack" or "cache", ``source``
@@ -529,6 +571,10 @@ def load_task_splits(
     """
     info: dict[str, Any] = {"task": task}
     if pack:
+        if not lung_mask:
+            raise ValueError(
+                "A pack stores lung-masked frames only; train without the lung mask from the shared data (no --pack)."
+            )
         splits, meta = load_pack(pack, task)
         want = {"image_size": int(image_size), "do_equalize": bool(do_equalize), "gamma": gamma}
         got = {k: meta.get(k) for k in want}
@@ -558,7 +604,7 @@ def load_task_splits(
         splits = {}
         skipped: dict[str, str] = dict(result.failures)
         for name, rs in by_split.items():
-            splits[name], missing = load_cached_data(rs, task, result.folder)
+            splits[name], missing = load_cached_data(rs, task, result.folder, lung_mask=lung_mask)
             skipped.update({i: result.failures.get(i, "not cached") for i in missing})
         info.update(
             kind="cache",

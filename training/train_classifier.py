@@ -28,10 +28,12 @@ metrics, the final training config (``training_config.json``) and a model card.
 
 Definitions:
 
-* **Epoch**: as many draws as there are training images. Each draw picks an image — with probability proportional
-  to 1 / (its class's training count) under class-balanced sampling, so every class is drawn equally often — and
-  cuts ``patches_per_image`` patches from it (default 1, so a batch of 16 patches comes from 16 draws; a larger P
-  gives more patches per decoded image at the same batch size). Global mode: one whole image per draw.
+* **Epoch**: as many draws as there are training images (``draws_per_epoch`` sets another number: the
+  training-set-size ablation keeps the full set's steps per epoch on a subset). Each draw picks an image — with
+  probability proportional to 1 / (its class's training count) under class-balanced sampling, so every class is
+  drawn equally often — and cuts ``patches_per_image`` patches from it (default 1, so a batch of 16 patches comes
+  from 16 draws; a larger P gives more patches per decoded image at the same batch size). Global mode: one whole
+  image per draw.
 * **Random streams**: the sampler of epoch e uses ``default_rng([seed, e, 0])``; the patches of image i in epoch e
   use ``default_rng([seed, e, 1, key(id_i)])`` (its own stream, independent of the draw order); augmentation of
   step s uses ``[seed, e, 2, s]``. A resumed run therefore continues with exactly the draws it would have made.
@@ -44,6 +46,9 @@ Definitions:
   zero) is untouched. No flips: they would swap the patient's left and right.
 * **L1 penalty**: ``l1 * sum(|w|)`` over the weights of every convolution and linear layer (biases and
   batch-norm parameters excluded: they carry no sparsity meaning), added to the cross-entropy.
+* **Ablations** (``training/ablations.py``): ``train_fraction`` keeps a patient-level, class-stratified share of the
+  training patients (nested across fractions); ``--no-lung-mask`` trains on the whole preprocessed frame (patch
+  centres still lie in the lungs) and sets ``config.lung_masked = False`` so the pipeline feeds it unmasked frames.
 * **Selection**: the best epoch has the highest validation macro F1 (over the classes present in validation);
   ties go to the lower validation loss. Early stopping after ``early_stopping_patience`` epochs without a better
   epoch.
@@ -56,6 +61,7 @@ import hashlib
 import json
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,7 +74,14 @@ from tqdm import tqdm
 from cxr_hub import PatchClassifierConfig, PatchClassifierForImageClassification, patches
 from cxr_hub.classification import accuracy_by_group, classification_report
 from cxr_hub.models import LABEL_SETS, MODES
-from training.classifier_data import DEFAULT_SEGMENTATION, TASKS, ClassifierData, global_frames, normalise
+from training.classifier_data import (
+    DEFAULT_SEGMENTATION,
+    TASKS,
+    ClassifierData,
+    fraction_subset,
+    global_frames,
+    normalise,
+)
 from training.config import parse_dataclass_config
 from training.runtime import autocast_dtype, out_of_budget, restore_training, save_training_state
 
@@ -113,6 +126,9 @@ class ClassifierTrainConfig:
     num_patches: int = 100  # K at test time (saved as config.num_patches)
     val_patches: int = 25  # K for the per-epoch validation vote (CPU-friendly; the final test uses num_patches)
     patches_per_image: int = 1  # patches cut from each drawn image in a training step
+    draws_per_epoch: int | None = None  # image draws per epoch (default: the number of training images)
+    train_fraction: float = 1.0  # share of each class's training patients (patient-level; the Fig. 12 ablation)
+    lung_mask: bool = True  # train on lung-masked frames (the paper); False: whole frames (the Table XVI ablation)
     gamma: float | None = 0.5
     do_equalize: bool = True
     image_mean: float = 0.5
@@ -159,6 +175,10 @@ def parse_config(argv: list[str] | None = None) -> tuple[ClassifierTrainConfig, 
             raise SystemExit(f"--{key} must be one of {allowed}, got {value!r}")
     if config.patches_per_image < 1 or config.batch_size < 1:
         raise SystemExit("--patches-per-image and --batch-size must be at least 1")
+    if config.draws_per_epoch is not None and config.draws_per_epoch < 1:
+        raise SystemExit("--draws-per-epoch must be at least 1")
+    if not 0.0 < config.train_fraction <= 1.0:
+        raise SystemExit(f"--train-fraction must be in (0, 1], got {config.train_fraction}")
     return config, resume
 
 
@@ -195,6 +215,7 @@ def build_model(
         gamma=config.gamma,
         do_equalize=config.do_equalize,
         trained_classes=trained,
+        lung_masked=config.lung_mask,
     )
     model = PatchClassifierForImageClassification(model_config)
     if config.pretrained == "imagenet" and load_pretrained:
@@ -263,7 +284,7 @@ class InputMaker:
                 raise ValueError(f"Frames are {data.image_size} px but config.image_size is {config.image_size}.")
             self.frames = torch.from_numpy(data.frames).to(device)
         else:
-            self.frames = torch.from_numpy(global_frames(data, config.input_size)).to(device)
+            self.frames = torch.from_numpy(global_frames(data, config.input_size, config.lung_mask)).to(device)
 
     def patch_boxes(self, i: int, k: int, rng: np.random.Generator) -> np.ndarray:
         """(k, 4) patch boxes of image i from the pipeline's sampler (centres uniform over the lung pixels)."""
@@ -288,13 +309,14 @@ def epoch_draws(maker: InputMaker, config: ClassifierTrainConfig, epoch: int) ->
     """The draws of one epoch: ``(image index, (P, 4) patch boxes or None in global mode)`` in step order."""
     data = maker.data
     n = len(data)
+    size = config.draws_per_epoch or n
     sampler = np.random.default_rng([config.seed, epoch, 0])
     if config.balanced_sampling:
         order = sampler.choice(
-            n, size=n, replace=True, p=class_balanced_probabilities(data.labels, len(data.class_names))
+            n, size=size, replace=True, p=class_balanced_probabilities(data.labels, len(data.class_names))
         )
     else:
-        order = sampler.permutation(n)
+        order = np.concatenate([sampler.permutation(n) for _ in range(math.ceil(size / n))])[:size]
     if config.mode == "global":
         return [(int(i), None) for i in order]
     p = config.patches_per_image
@@ -441,7 +463,7 @@ def train(
     images_per_step = (
         max(1, config.batch_size // config.patches_per_image) if config.mode == "patch" else config.batch_size
     )
-    steps = math.ceil(len(train_data) / images_per_step)
+    steps = math.ceil((config.draws_per_epoch or len(train_data)) / images_per_step)
     if config.max_steps_per_epoch:
         steps = min(steps, config.max_steps_per_epoch)
     fixed: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -533,6 +555,9 @@ def evaluate_test(
     report["k"] = config.num_patches if config.mode == "patch" else 1
     report["seed"] = config.eval_seed
     report["loss"] = out["loss"]
+    # per-image predictions let ablation runs be compared on the same images (paired tests)
+    report["predictions"] = {i: data.class_names[int(c)] for i, c in zip(data.ids, out["pred"], strict=True)}
+    report["truth"] = dict(zip(data.ids, data.label_names(), strict=True))
     return report
 
 
@@ -667,9 +692,16 @@ def main(argv: list[str] | None = None) -> int:
             gamma=config.gamma,
             device=config.device,
             limit=config.limit,
+            lung_mask=config.lung_mask,
         )
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from exc
+    if config.train_fraction < 1.0:
+        full = len(splits["train"])
+        splits["train"] = fraction_subset(splits["train"], config.train_fraction, config.seed)
+        info["counts"]["train"] = splits["train"].class_counts()
+        info["sources"]["train"] = dict(sorted(Counter(splits["train"].sources).items()))
+        info["train_fraction"] = {"fraction": config.train_fraction, "images": len(splits["train"]), "of": full}
     counts = info["counts"]
     tqdm.write(f"data: {info['source']}")
     tqdm.write("images per class: " + json.dumps(counts))

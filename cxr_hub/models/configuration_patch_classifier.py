@@ -36,6 +36,8 @@ class PatchClassifierConfig(PretrainedConfig):
         do_equalize: histogram equalisation in the preprocessing.
         pretrained_source: timm weights name used by ``load_imagenet_weights``.
         trained_classes: classes that had training images (e.g. no tuberculosis in our data); reports flag the rest.
+        lung_masked: the network was trained on lung-masked frames (gray level 0 outside the lungs), as in the paper.
+            False (the mask ablation): it sees the whole preprocessed frame; patch centres still lie in the lungs.
     """
 
     model_type = "cxr_patch_classifier"
@@ -57,6 +59,7 @@ class PatchClassifierConfig(PretrainedConfig):
         do_equalize: bool = True,
         pretrained_source: str = "timm/resnet18.a1_in1k",
         trained_classes: list[str] | None = None,
+        lung_masked: bool = True,
         **kwargs: Any,
     ) -> None:
         if label_set not in LABEL_SETS and kwargs.get("id2label") is None:
@@ -84,6 +87,7 @@ class PatchClassifierConfig(PretrainedConfig):
         self.gamma = gamma
         self.do_equalize = bool(do_equalize)
         self.pretrained_source = pretrained_source
+        self.lung_masked = bool(lung_masked)
         default_labels = dict(enumerate(LABEL_SETS.get(label_set, ())))
         super().__init__(**fill_label_maps(kwargs, default_labels))
         self.trained_classes = list(trained_classes) if trained_classes is not None else list(self.label2id)
