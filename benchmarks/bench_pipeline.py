@@ -159,6 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-size", type=int, default=32)
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     parser.add_argument("--no-bf16", action="store_true", help="skip the extra bf16-autocast run at K = 100")
+    parser.add_argument(
+        "--segmentation-precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="the pipeline's segmentation precision (default: the pipeline's default)",
+    )
+    parser.add_argument(
+        "--no-fast-segmentation", action="store_true", help="skip the extra K = 100 run with bf16 segmentation"
+    )
+    parser.add_argument("--no-dense", action="store_true", help="skip the opt-in dense-voting runs")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument(
         "--max-patches-a", type=int, default=10, help="(a): patches actually run per K, time scaled to K (10)"
@@ -185,8 +195,20 @@ def main(argv: list[str] | None = None) -> int:
     seg, clf, what = build_models(args)
     baseline_model = copy.deepcopy(clf)  # fp32, contiguous: the pipeline converts its own copy to channels_last
     # no patch re-use: every timed call must classify its K patches (a repeat of the same call would hit the cache)
-    pipe = CXRPipeline(seg, clf, device=None, chunk_size=args.chunk_size, precision=args.precision, reuse_patches=False)
-    print(f"models: {what}; device {pipe.device}; chunk {args.chunk_size}; precision {args.precision}")
+    pipe = CXRPipeline(
+        seg,
+        clf,
+        device=None,
+        chunk_size=args.chunk_size,
+        precision=args.precision,
+        segmentation_precision=args.segmentation_precision,
+        reuse_patches=False,
+    )
+    print(
+        f"models: {what}; device {pipe.device}; chunk {args.chunk_size}; precision {args.precision}; segmentation "
+        f"precision {args.segmentation_precision} (bf16: {pipe._segmentation_uses_bf16()}); batch norms folded on "
+        f"the bf16 path: {pipe.fuse_batchnorm}"
+    )
     print(f"image: {Path(args.image).name}; repeats per K: {args.repeats}")
     rss_loaded = _rss_mb()
     pipe(args.image, k=10, seed=0)  # warm-up: oneDNN builds its kernels on the first call of each shape
@@ -219,6 +241,33 @@ def main(argv: list[str] | None = None) -> int:
         pipe_bf16.analyze(prepared, k=10)
         bf16 = pipe_bf16.analyze(prepared, k=100, seed=0).timings
         results["bf16_k100"] = bf16
+    fast_seg = None
+    if not args.no_fast_segmentation and not args.quick and not pipe._segmentation_uses_bf16():
+        pipe_fast = CXRPipeline(
+            seg,
+            copy.deepcopy(baseline_model),
+            chunk_size=args.chunk_size,
+            precision=args.precision,
+            segmentation_precision="bf16",
+            reuse_patches=False,
+        )
+        pipe_fast(args.image, k=10, seed=0)
+        fast_seg = time_pipeline(pipe_fast, Path(args.image), 100, args.repeats)
+        results["fast_segmentation_k100"] = fast_seg
+    dense: dict[int, dict[str, float]] = {}
+    if not args.no_dense:
+        pipe_dense = CXRPipeline(
+            seg,
+            copy.deepcopy(baseline_model),
+            chunk_size=args.chunk_size,
+            precision=args.precision,
+            segmentation_precision=args.segmentation_precision,
+            voting="dense",
+            reuse_patches=False,
+        )
+        pipe_dense(args.image, k=10, seed=0)
+        dense = {k: time_pipeline(pipe_dense, Path(args.image), k, args.repeats) for k in ks}
+        results["dense"] = dense
     load_end = os.getloadavg()
     results["loadavg"] = {"start": load_start, "end": load_end}
 
@@ -266,6 +315,32 @@ def main(argv: list[str] | None = None) -> int:
             f"opt-in bf16 autocast on CPU, K=100: classify {bf16['classify']:.0f} ms, saliency {bf16['saliency']:.0f} "
             f"ms (fp32: {results['pipeline'][100]['classify']:.0f} / {results['pipeline'][100]['saliency']:.0f} ms)"
         )
+    if fast_seg is not None:
+        fixed_fast = fast_seg["total"] - fast_seg["classify"] - fast_seg["saliency"]
+        vs_b = (fixed_fast + results["b"][100]) / fast_seg["total"]
+        vs_a = (fixed_fast + results["a"][100]) / fast_seg["total"]
+        results["fast_segmentation_ratios"] = {"whole_vs_a": vs_a, "whole_vs_b": vs_b}
+        print(
+            f"opt-in bf16 segmentation (segmentation_precision='bf16'), K=100: segment {fast_seg['segment']:.0f} ms "
+            f"(default {results['pipeline'][100]['segment']:.0f}), total {fast_seg['total']:.0f} ms; whole pipeline "
+            f"{vs_a:.2f}x faster than (a), {vs_b:.2f}x than (b) (baselines with the same segmentation)"
+        )
+    if dense:
+        results["dense_summary"] = {}
+        print()
+        print("opt-in dense voting (voting='dense'; one whole-frame pass, patches read from the feature map):")
+        print("| K | segment | classify (dense pass + windows) | saliency | total | whole pipeline vs (a) / (b) |")
+        print("|---|---|---|---|---|---|")
+        for k in ks:
+            t = dense[k]
+            fixed_d = t["total"] - t["classify"] - t["saliency"]
+            vs_a = (fixed_d + results["a"][k]) / t["total"]
+            vs_b = (fixed_d + results["b"][k]) / t["total"]
+            results["dense_summary"][k] = {"whole_vs_a": vs_a, "whole_vs_b": vs_b}
+            print(
+                f"| {k} | {t['segment']:.0f} | {t['classify']:.0f} | {t['saliency']:.0f} | {t['total']:.0f} "
+                f"| {vs_a:.1f}x / {vs_b:.1f}x |"
+            )
     print(f"load average at end (1/5/15 min): {load_end[0]:.2f} / {load_end[1]:.2f} / {load_end[2]:.2f}")
 
     k_ref = 100 if 100 in ks else ks[0]

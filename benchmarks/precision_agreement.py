@@ -18,11 +18,18 @@ Measured per image and averaged:
 * ``saliency_max_abs_diff``: mean over images of max |S_bf16 - S_fp32| of the predicted class's eq. 5 map;
 * the classification time of both (``classify`` stage, ms).
 
+With ``--segmentation-bf16`` the comparison is end to end instead: the whole pipeline in fp32 (segmentation and
+classifier, models as loaded) against the fast path (bf16 segmentation, bf16 classifier with folded batch norms), each
+with its own ``prepare``. A slightly different lung mask moves every patch, so patch-level differences mean nothing
+there; the rule is checked on the image label and the image-level mean probabilities, and the records add the lung
+and heart Dice between the two label maps, |ΔCTR| and both segmentation times. ``cxr_hub.pipeline.
+SEGMENTATION_BF16_VALIDATED`` may be set only after this passes.
+
 Usage::
 
     .venv/bin/python benchmarks/precision_agreement.py --classifier models/cxr-patch-resnet18 \
         [--manifest ../shared/data/cxr/manifest.csv] [--task label4] [--split classification:test] [--limit 100] \
-        [--k 100] [--json docs/precision_agreement_label4.json]
+        [--k 100] [--json docs/precision_agreement_label4.json] [--segmentation-bf16]
 """
 
 from __future__ import annotations
@@ -87,6 +94,89 @@ def compare_precisions(pipe: Any, prepared: Any, k: int, seed: int) -> dict[str,
     }
 
 
+def _dice(a: np.ndarray, b: np.ndarray) -> float | None:
+    total = int(a.sum()) + int(b.sum())
+    return None if total == 0 else 2.0 * float((a & b).sum()) / total
+
+
+def compare_end_to_end(pipe: Any, image: Any, k: int, seed: int) -> dict[str, Any]:
+    """All-fp32 pipeline against the fast path (bf16 segmentation and classifier) on one image.
+
+    Args:
+        pipe: a :class:`cxr_hub.CXRPipeline` with a patch classifier (its precisions are restored afterwards).
+        image: anything ``pipe.prepare`` accepts.
+        k: patches.
+        seed: sampler seed.
+
+    Returns:
+        Per-image comparison: labels, image-level |Δp|, lung / heart Dice of the label maps, |ΔCTR|, timings.
+    """
+    from cxr_hub.biomarkers import HEART, LEFT_LUNG, RIGHT_LUNG
+
+    before = (pipe.precision, pipe.segmentation_precision)
+    results = {}
+    try:
+        for name, (cls_p, seg_p) in (("fp32", ("fp32", "fp32")), ("fast", ("bf16", "bf16"))):
+            pipe.precision, pipe.segmentation_precision = cls_p, seg_p
+            prepared = pipe.prepare(image)
+            results[name] = (prepared, pipe.analyze(prepared, k=k, seed=seed))
+    finally:
+        pipe.precision, pipe.segmentation_precision = before
+    (pa, a), (pb, b) = results["fp32"], results["fast"]
+    ia = np.array([a.probabilities[c] for c in a.class_names])
+    ib = np.array([b.probabilities[c] for c in b.class_names])
+    lung_a = np.isin(pa.label_map, (LEFT_LUNG, RIGHT_LUNG))
+    lung_b = np.isin(pb.label_map, (LEFT_LUNG, RIGHT_LUNG))
+    ctr_a, ctr_b = float(a.biomarkers.cardiothoracic_ratio), float(b.biomarkers.cardiothoracic_ratio)
+    return {
+        "label_fp32": a.label,
+        "label_fast": b.label,
+        "same_label": a.label == b.label,
+        "mean_abs_dprob_image": float(np.abs(ia - ib).mean()),
+        "max_abs_dprob_image": float(np.abs(ia - ib).max()),
+        "lung_dice": _dice(lung_a, lung_b),
+        "heart_dice": _dice(pa.label_map == HEART, pb.label_map == HEART),
+        "label_map_agreement": float((pa.label_map == pb.label_map).mean()),
+        "abs_dctr": abs(ctr_a - ctr_b) if np.isfinite(ctr_a) and np.isfinite(ctr_b) else None,
+        "segment_ms_fp32": pa.timings["segment"],
+        "segment_ms_fast": pb.timings["segment"],
+        "classify_ms_fp32": a.timings["classify"],
+        "classify_ms_fast": b.timings["classify"],
+    }
+
+
+def summarise_end_to_end(per_image: list[dict[str, Any]]) -> dict[str, Any]:
+    """Averages of :func:`compare_end_to_end` records and the verdict against the rule (image-level |Δp|)."""
+    n = len(per_image)
+    if n == 0:
+        raise ValueError("No image was compared.")
+
+    def values(key: str) -> list[float]:
+        return [r[key] for r in per_image if r[key] is not None]
+
+    agreement = sum(r["same_label"] for r in per_image) / n
+    dprob = float(statistics.fmean(values("mean_abs_dprob_image")))
+    return {
+        "n": n,
+        "comparison": "all fp32 vs bf16 segmentation + bf16 classifier with folded batch norms",
+        "label_agreement": agreement,
+        "mean_abs_dprob_image": dprob,
+        "max_abs_dprob_image": max(values("max_abs_dprob_image")),
+        "lung_dice_mean": float(statistics.fmean(values("lung_dice"))),
+        "lung_dice_min": min(values("lung_dice")),
+        "heart_dice_mean": float(statistics.fmean(values("heart_dice"))) if values("heart_dice") else None,
+        "label_map_agreement_mean": float(statistics.fmean(values("label_map_agreement"))),
+        "abs_dctr_mean": float(statistics.fmean(values("abs_dctr"))) if values("abs_dctr") else None,
+        "abs_dctr_max": max(values("abs_dctr")) if values("abs_dctr") else None,
+        "segment_ms_fp32_median": statistics.median(values("segment_ms_fp32")),
+        "segment_ms_fast_median": statistics.median(values("segment_ms_fast")),
+        "classify_ms_fp32_median": statistics.median(values("classify_ms_fp32")),
+        "classify_ms_fast_median": statistics.median(values("classify_ms_fast")),
+        "passes": bool(agreement >= MIN_LABEL_AGREEMENT and dprob <= MAX_MEAN_ABS_DPROB),
+        "rule": f"label agreement >= {MIN_LABEL_AGREEMENT} and mean |dp| (image) <= {MAX_MEAN_ABS_DPROB}",
+    }
+
+
 def summarise(per_image: list[dict[str, Any]]) -> dict[str, Any]:
     """Averages of :func:`compare_precisions` records and the verdict against the rule."""
     n = len(per_image)
@@ -114,68 +204,99 @@ def summarise(per_image: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry; returns 0 when the comparison ran (whatever its verdict), 2 on bad input."""
-    from tqdm import tqdm
-
+def comparison_parser(description: str, default_limit: int = 100) -> argparse.ArgumentParser:
+    """The options every real-film comparison script shares (models, manifest, split, limit, K, seed, JSON)."""
     from cxr_hub.classification import DEFAULT_SEGMENTATION
-    from cxr_hub.evaluation import select_rows
-    from cxr_hub.io import CXRInputError
-    from cxr_hub.manifest import read_manifest, resolve_manifest
-    from cxr_hub.pipeline import CXRPipeline
 
     default_manifest = REPO_ROOT.parent / "shared" / "data" / "cxr" / "manifest.csv"
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--classifier", required=True, help="trained patch classifier folder")
     parser.add_argument("--segmentation", default=str(REPO_ROOT / DEFAULT_SEGMENTATION))
     parser.add_argument("--manifest", default=str(default_manifest))
     parser.add_argument("--task", default="label4", choices=("label4", "label3"))
     parser.add_argument("--split-file", default=str(REPO_ROOT / "training" / "splits" / "splits_seed0.json"))
     parser.add_argument("--split", default="classification:test", help="GROUP:NAME of the split file ('' = all)")
-    parser.add_argument("--limit", type=int, default=100, help="at most this many images (default: %(default)s)")
+    parser.add_argument(
+        "--limit", type=int, default=default_limit, help="at most this many images, 0 = all (default: %(default)s)"
+    )
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the summary and per-image records here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def selected_rows(args: argparse.Namespace) -> list[Any] | None:
+    """The labelled manifest rows the options select; None (after printing why) when there are none."""
+    from cxr_hub.evaluation import select_rows
+    from cxr_hub.manifest import read_manifest, resolve_manifest
 
     try:
         manifest = resolve_manifest(args.manifest)
         rows = [r for r in read_manifest(manifest) if r.label(args.task)]
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return None
     if args.split:
         rows = select_rows(rows, args.split_file, args.split)
     rows = rows[: args.limit] if args.limit else rows
     if not rows:
         print("error: no labelled rows selected", file=sys.stderr)
-        return 2
-    pipe = CXRPipeline.from_pretrained(args.segmentation, args.classifier, device="cpu")
-    records: list[dict[str, Any]] = []
-    start = time.time()
-    for row in tqdm(rows, desc="fp32 vs bf16", unit="img"):
-        try:
-            prepared = pipe.prepare(row.image)
-        except CXRInputError as exc:
-            tqdm.write(f"skipped {row.id}: {exc}")
-            continue
-        record = compare_precisions(pipe, prepared, args.k, args.seed)
-        record["id"] = row.id
-        records.append(record)
-    summary = summarise(records)
+        return None
+    return rows
+
+
+def write_report(
+    summary: dict[str, Any], records: list[dict[str, Any]], args: argparse.Namespace, **extra: Any
+) -> None:
+    """Adds the run's settings to ``summary``, prints it, and writes summary + records to ``args.json``."""
     summary.update(
         classifier=str(args.classifier),
         task=args.task,
         split=args.split,
         k=args.k,
         seed=args.seed,
-        seconds=round(time.time() - start, 1),
+        **extra,
         machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
     )
     print(json.dumps(summary, indent=2))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"summary": summary, "images": records}, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry; returns 0 when the comparison ran (whatever its verdict), 2 on bad input."""
+    from tqdm import tqdm
+
+    from cxr_hub.io import CXRInputError
+    from cxr_hub.pipeline import CXRPipeline
+
+    parser = comparison_parser(__doc__.splitlines()[0])
+    parser.add_argument(
+        "--segmentation-bf16",
+        action="store_true",
+        help="compare end to end: all fp32 vs bf16 segmentation + bf16 classifier (folded batch norms)",
+    )
+    args = parser.parse_args(argv)
+    rows = selected_rows(args)
+    if rows is None:
+        return 2
+    pipe = CXRPipeline.from_pretrained(args.segmentation, args.classifier, device="cpu")
+    records: list[dict[str, Any]] = []
+    start = time.time()
+    for row in tqdm(rows, desc="fp32 vs bf16", unit="img"):
+        try:
+            if args.segmentation_bf16:
+                record = compare_end_to_end(pipe, row.image, args.k, args.seed)
+            else:
+                record = compare_precisions(pipe, pipe.prepare(row.image), args.k, args.seed)
+        except CXRInputError as exc:
+            tqdm.write(f"skipped {row.id}: {exc}")
+            continue
+        record["id"] = row.id
+        records.append(record)
+    summary = summarise_end_to_end(records) if args.segmentation_bf16 else summarise(records)
+    write_report(summary, records, args, seconds=round(time.time() - start, 1))
     return 0
 
 

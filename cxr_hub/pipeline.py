@@ -26,8 +26,9 @@ Rules (see :mod:`cxr_hub.patches` and :mod:`cxr_hub.saliency` for the functions)
 * Majority vote; ties → highest mean probability → lowest class index. Same seed → identical result.
 * Speed: all K patches go through the network in chunks of ``chunk_size`` under ``torch.inference_mode``; on CUDA
   (used when present) and on CPUs with native bf16 (AMX or AVX512-BF16) with bf16 autocast, elsewhere in fp32;
-  channels_last throughout. bf16 on the CPU was validated against fp32 on 100 real test films with the shipped
-  classifier: same label on 100 %, mean |Δp| 0.0005 (``benchmarks/precision_agreement.py``).
+  channels_last throughout. On that bf16 path the classifiers run with their batch norms folded into the
+  convolutions (:mod:`cxr_hub.fusion`); the fp32 path runs them exactly as loaded. bf16 on the CPU was validated
+  against fp32 on 100 real test films with the shipped classifier (``benchmarks/precision_agreement.py``).
 * Saliency costs no backward pass: for the GAP + linear head, Grad-CAM maps follow from the voting pass's layer4
   features (:func:`cxr_hub.saliency.gradcam_from_features`); the un-normalised maps of every class are kept from
   that pass (K x C x 7 x 7 floats), so no second forward pass is needed for any requested class.
@@ -56,6 +57,8 @@ import torch
 from torch import nn
 
 from .biomarkers import LEFT_LUNG, RIGHT_LUNG, Biomarkers, compute_biomarkers
+from .dense import dense_geometry, snap_boxes, window_scores
+from .fusion import fold_batchnorm
 from .io import ImageSource, load_image
 from .models import (
     SEGMENTATION_LABELS,
@@ -68,9 +71,23 @@ from .patches import SAMPLING_MODES, crop_patches, majority_vote, sample_patch_b
 from .preprocessing import map_boxes, preprocess_cxr, resize_image, resize_label_map
 from .saliency import gradcam_from_features, normalize_cams, probabilistic_gradcam
 
-__all__ = ["PRECISIONS", "CXRPipeline", "NoClassifierError", "PatchSample", "PipelineResult", "PreparedImage"]
+__all__ = [
+    "PRECISIONS",
+    "VOTING_MODES",
+    "CXRPipeline",
+    "NoClassifierError",
+    "PatchSample",
+    "PipelineResult",
+    "PreparedImage",
+]
 
 PRECISIONS = ("auto", "fp32", "bf16")
+#: "exact": every patch cropped and classified (the paper); "dense": one fully convolutional pass over the frame,
+#: each patch read from its feature window (:mod:`cxr_hub.dense`; opt-in, an approximation).
+VOTING_MODES = ("exact", "dense")
+#: Whether ``segmentation_precision="auto"`` may use bf16: set only after the end-to-end check on real films
+#: (``benchmarks/precision_agreement.py --segmentation-bf16``) met the project's rule.
+SEGMENTATION_BF16_VALIDATED = False
 
 #: Below this share of the image segmented as lung, a result is flagged as unreliable.
 DEFAULT_MIN_LUNG_FRACTION = 0.05
@@ -367,7 +384,16 @@ class CXRPipeline:
             AVX512-BF16, see :func:`cpu_has_bf16` — else fp32), "fp32", or "bf16" (autocast on any device; slow
             where the CPU emulates bf16). On the CPU, bf16 gave the same label as fp32 on 100 of 100 real test
             films with a mean |Δp| of 0.0005 (``docs/results/precision_agreement_label4.json``).
-            The segmentation always runs in fp32: one image, and its label map decides where every patch goes.
+        segmentation_precision: the segmentation network's precision, same choices. Its label map decides where
+            every patch goes, so "auto" turns bf16 on only where it was validated end to end on real films (see
+            :data:`SEGMENTATION_BF16_VALIDATED`); set "fp32" for the network exactly as trained.
+        voting: "exact" (default: K patches cropped and classified, the paper) or "dense" (opt-in, K-independent:
+            one fully convolutional pass over the frame, each patch's logits and Grad-CAM read from its window of
+            the feature map, boxes snapped to the 32-pixel feature grid; see :mod:`cxr_hub.dense` and its measured
+            agreement with exact voting in ``benchmarks/README.md``).
+        fuse_batchnorm: on the reduced-precision (bf16) path, run the classifiers with every batch norm folded into
+            the convolution before it (:func:`cxr_hub.fusion.fold_batchnorm`, a verified copy; ~1.5x faster
+            patches on a 2-core CPU). The fp32 path always runs the models as loaded.
         channels_last: run the networks in channels_last memory format (on a 2-core CPU: ~1.4x faster for
             ResNet-18 patches, ~3x for FC-DenseNet103, whose many concatenations are cheaper in that layout).
         normalize_cams: normalise each patch's Grad-CAM to [0, 1] before eq. 5, as the authors did; False keeps raw
@@ -392,6 +418,9 @@ class CXRPipeline:
         device: str | torch.device | None = None,
         chunk_size: int = 32,
         precision: str = "auto",
+        segmentation_precision: str = "auto",
+        voting: str = "exact",
+        fuse_batchnorm: bool = True,
         channels_last: bool = True,
         normalize_cams: bool = True,
         sampling: str = "joint",
@@ -399,8 +428,11 @@ class CXRPipeline:
         frame_config: PatchClassifierConfig | None = None,
         reuse_patches: bool = True,
     ) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+        for name, value in (("precision", precision), ("segmentation_precision", segmentation_precision)):
+            if value not in PRECISIONS:
+                raise ValueError(f"{name} must be one of {PRECISIONS}, got {value!r}.")
+        if voting not in VOTING_MODES:
+            raise ValueError(f"voting must be one of {VOTING_MODES}, got {voting!r}.")
         if sampling not in SAMPLING_MODES:
             raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}.")
         if int(chunk_size) < 1:
@@ -427,6 +459,11 @@ class CXRPipeline:
         )
         self.chunk_size = int(chunk_size)
         self.precision = precision
+        self.segmentation_precision = segmentation_precision
+        self.voting = voting
+        self.fuse_batchnorm = bool(fuse_batchnorm)
+        #: id(model) → (model, its batch-norm-folded copy or None when nothing could be folded)
+        self._folded: dict[int, tuple[nn.Module, nn.Module | None]] = {}
         self.channels_last = bool(channels_last)
         self.normalize_cams = bool(normalize_cams)
         self.sampling = sampling
@@ -496,13 +533,35 @@ class CXRPipeline:
             model = model.to(memory_format=torch.channels_last)
         return model
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        use_bf16 = self.precision == "bf16" or (
-            self.precision == "auto" and (self.device.type == "cuda" or (self.device.type == "cpu" and cpu_has_bf16()))
-        )
-        if not use_bf16:
+    def _uses_bf16(self, precision: str) -> bool:
+        """Whether ``precision`` resolves to bf16 autocast on this pipeline's device."""
+        native = self.device.type == "cuda" or (self.device.type == "cpu" and cpu_has_bf16())
+        return precision == "bf16" or (precision == "auto" and native)
+
+    def _segmentation_uses_bf16(self) -> bool:
+        if self.segmentation_precision == "auto":
+            return SEGMENTATION_BF16_VALIDATED and self._uses_bf16("auto")
+        return self._uses_bf16(self.segmentation_precision)
+
+    def _autocast(self, enabled: bool | None = None) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast when ``enabled`` (default: the classifier precision resolves to bf16), else nothing."""
+        if not (self._uses_bf16(self.precision) if enabled is None else enabled):
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def _runtime_model(self, model: nn.Module, input_size: int) -> nn.Module:
+        """The network a classifier call runs: its batch-norm-folded copy on the bf16 path, else the model itself."""
+        if not (self.fuse_batchnorm and self._uses_bf16(self.precision)):
+            return model
+        entry = self._folded.get(id(model))
+        if entry is None or entry[0] is not model:
+            channels = int(getattr(getattr(model, "config", None), "num_channels", 1))
+            generator = torch.Generator().manual_seed(0)
+            example = torch.randn(2, channels, input_size, input_size, generator=generator).to(self.device)
+            folded, n = fold_batchnorm(model, example, forward="forward_features")
+            entry = (model, self._place(folded) if n else None)
+            self._folded[id(model)] = entry
+        return entry[1] if entry[1] is not None else model
 
     @property
     def class_names(self) -> list[str]:
@@ -547,8 +606,10 @@ class CXRPipeline:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
-                logits = self.segmentation_model(x).logits
-                label_map = seg_proc.post_process_semantic_segmentation(logits, target_sizes=[img.shape])[0]
+                with self._autocast(self._segmentation_uses_bf16()):
+                    logits = self.segmentation_model(x).logits
+                # upsampling and argmax in fp32 whatever the network ran in
+                label_map = seg_proc.post_process_semantic_segmentation(logits.float(), target_sizes=[img.shape])[0]
             label_map = label_map.astype(np.uint8)
             lung_mask = (label_map == LEFT_LUNG) | (label_map == RIGHT_LUNG)
         if not lung_mask.any():
@@ -640,6 +701,7 @@ class CXRPipeline:
             Grad-CAM maps (after ReLU) of every class, on the pipeline's device.
         """
         model, cfg = self._require_classifier("classify patches")
+        model = self._runtime_model(model, cfg.input_size)
         frame_t = torch.as_tensor(frame, dtype=torch.float32).to(self.device)
         weight = model.classifier.weight.detach().float()
         all_classes = list(range(cfg.num_labels))
@@ -657,6 +719,43 @@ class CXRPipeline:
                 cams.append(gradcam_from_features(features.float(), weight, all_classes, normalize=False))
         return torch.cat(probs).cpu(), torch.cat(cams)
 
+    def _classify_dense(
+        self, prepared: PreparedImage, boxes: np.ndarray, patch_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dense voting: every patch's probabilities and Grad-CAM from one pass over the frame (cached per image).
+
+        Args:
+            prepared: from :meth:`prepare`.
+            boxes: (K, 4) grid-snapped boxes from :meth:`sample_patches` in dense mode.
+            patch_size: their side in frame pixels.
+
+        Returns:
+            Like :meth:`classify_patches`: float32 (K, C) probabilities on the CPU and (K, C, 7, 7) raw maps.
+        """
+        model, cfg = self._require_classifier("classify patches")
+        model = self._runtime_model(model, cfg.input_size)
+        frame_side = prepared.frame.shape[0]
+        side, cell, window = dense_geometry(frame_side, patch_size, cfg.input_size)
+        key = ("dense", id(self.classifier_model), self.precision, self.fuse_batchnorm, int(patch_size))
+        features = prepared.patch_cache.get(key)
+        if features is None:
+            x = torch.as_tensor(prepared.frame, dtype=torch.float32).to(self.device)[None, None]
+            if side != frame_side:
+                x = torch.nn.functional.interpolate(
+                    x, size=(side, side), mode="bilinear", align_corners=False, antialias=side < frame_side
+                )
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode(), self._autocast():
+                features = model.forward_features(x).float()
+            if len(prepared.patch_cache) >= PATCH_CACHE_ENTRIES:
+                prepared.patch_cache.pop(next(iter(prepared.patch_cache)))
+            prepared.patch_cache[key] = features
+        _, origins = snap_boxes(boxes, cell, features.shape[-1], window, patch_size)
+        with torch.inference_mode():
+            logits, cams = window_scores(features, model.classifier.weight, model.classifier.bias, origins, window)
+        return torch.softmax(logits, dim=-1).cpu(), cams
+
     def _classify_reusing(
         self, prepared: PreparedImage, boxes: np.ndarray, patch_size: int, seed: int | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -672,7 +771,15 @@ class CXRPipeline:
             return self.classify_patches(prepared.frame, boxes)
         cs, k = self.chunk_size, len(boxes)
         full = (k // cs) * cs
-        key = (id(self.classifier_model), self.precision, self.sampling, int(patch_size), int(seed), cs)
+        key = (
+            id(self.classifier_model),
+            self.precision,
+            self.fuse_batchnorm,
+            self.sampling,
+            int(patch_size),
+            int(seed),
+            cs,
+        )
         cached = prepared.patch_cache.get(key)
         if cached is not None and not np.array_equal(
             cached[0][: min(full, len(cached[0]))], boxes[: min(full, len(cached[0]))]
@@ -729,6 +836,9 @@ class CXRPipeline:
             raise ValueError(f"patch_size must be between 1 and the classifier frame side {min(frame_shape)}.")
         rng = np.random.default_rng(seed)
         centers, boxes = sample_patch_boxes(prepared.frame_mask, k, patch_size, rng, mode=self.sampling)
+        if self.voting == "dense":
+            side, cell, window = dense_geometry(frame_shape[0], patch_size, cfg.input_size)
+            boxes, _ = snap_boxes(boxes, cell, side // 32, window, patch_size)
         return PatchSample(
             centers_1024=centers,
             boxes_1024=boxes,
@@ -777,6 +887,11 @@ class CXRPipeline:
                 f"patch size {patch_size} differs from the size the classifier was trained at ({cfg.patch_size}): "
                 f"patches are cropped at {patch_size} px and resized to the network input ({cfg.input_size} px)"
             )
+        if self.voting == "dense":
+            notes.append(
+                "dense voting: every patch was read from one whole-frame pass of the classifier (an approximation of "
+                "exact patch voting; patch boxes snapped to the feature grid)"
+            )
         untrained = [c for c in names if c not in cfg.trained_classes]
         if untrained:
             notes.append(
@@ -785,7 +900,10 @@ class CXRPipeline:
             )
 
         with timer.stage("classify"):
-            probs_t, cams_all = self._classify_reusing(prepared, boxes, patch_size, seed)
+            if self.voting == "dense":
+                probs_t, cams_all = self._classify_dense(prepared, boxes, patch_size)
+            else:
+                probs_t, cams_all = self._classify_reusing(prepared, boxes, patch_size, seed)
             probs = probs_t.numpy()
             winner, counts = majority_vote(probs)
         classes = self.resolve_classes(saliency_classes, winner)
@@ -859,6 +977,7 @@ class CXRPipeline:
         """Global classifier on the whole masked image, with ordinary Grad-CAM upsampled to the original size."""
         assert self.global_classifier is not None and self.global_config is not None and self.global_processor
         model, cfg, proc = self.global_classifier, self.global_config, self.global_processor
+        model = self._runtime_model(model, cfg.input_size)
         pre = self._preprocessed(prepared.image, proc, prepared.preprocessed, prepared.preprocess_params)
         mask = prepared.lung_mask if getattr(cfg, "lung_masked", True) else None
         x = torch.from_numpy(proc.frame_from_preprocessed(pre, mask))[None, None].to(self.device)
