@@ -123,7 +123,6 @@ def run_predict(args: argparse.Namespace) -> int:
             device=args.device,
             precision=args.precision,
             segmentation_precision=args.segmentation_precision,
-            voting=args.voting,
             chunk_size=args.chunk_size,
             allow_pickle=args.allow_pickle,
         )
@@ -404,13 +403,6 @@ def add_parser(subparsers: Any) -> None:
         choices=("auto", "fp32", "bf16"),
         default="auto",
         help="segmentation precision (default: auto, fp32 until bf16 passes the end-to-end check)",
-    )
-    p.add_argument(
-        "--voting",
-        choices=("exact", "dense"),
-        default="exact",
-        help="exact: classify K cropped patches (the paper); dense: one pass over the frame, patches read from its "
-        "feature map (faster, an approximation; see benchmarks/README.md)",
     )
     p.add_argument("--chunk-size", type=int, default=32, help="patches per forward pass (default: %(default)s)")
     p.set_defaults(func=run_predict)

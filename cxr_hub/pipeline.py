@@ -83,7 +83,7 @@ __all__ = [
 
 PRECISIONS = ("auto", "fp32", "bf16")
 #: "exact": every patch cropped and classified (the paper); "dense": one fully convolutional pass over the frame,
-#: each patch read from its feature window (:mod:`cxr_hub.dense`; opt-in, an approximation).
+#: each patch read from its feature window (:mod:`cxr_hub.dense`; experimental: it failed the agreement bar).
 VOTING_MODES = ("exact", "dense")
 #: Whether ``segmentation_precision="auto"`` may use bf16: set only after the end-to-end check on real films
 #: (``benchmarks/precision_agreement.py --segmentation-bf16``) met the project's rule.
@@ -387,10 +387,12 @@ class CXRPipeline:
         segmentation_precision: the segmentation network's precision, same choices. Its label map decides where
             every patch goes, so "auto" turns bf16 on only where it was validated end to end on real films (see
             :data:`SEGMENTATION_BF16_VALIDATED`); set "fp32" for the network exactly as trained.
-        voting: "exact" (default: K patches cropped and classified, the paper) or "dense" (opt-in, K-independent:
-            one fully convolutional pass over the frame, each patch's logits and Grad-CAM read from its window of
-            the feature map, boxes snapped to the 32-pixel feature grid; see :mod:`cxr_hub.dense` and its measured
-            agreement with exact voting in ``benchmarks/README.md``).
+        voting: "exact" (default: K patches cropped and classified, the paper) or "dense" (**experimental**, a
+            research hook, not a feature: one fully convolutional pass over the frame, each patch's logits and
+            Grad-CAM read from its window of the feature map, boxes snapped to the 32-pixel feature grid; see
+            :mod:`cxr_hub.dense`). With the shipped label4 classifier it gave exact voting's label on 90 % of the
+            test films, below the project's 95 % bar (``docs/results/dense_agreement_label4.json``); every dense
+            result carries a warning saying so. Re-measure with ``benchmarks/dense_agreement.py`` for other weights.
         fuse_batchnorm: on the reduced-precision (bf16) path, run the classifiers with every batch norm folded into
             the convolution before it (:func:`cxr_hub.fusion.fold_batchnorm`, a verified copy; ~1.5x faster
             patches on a 2-core CPU). The fp32 path always runs the models as loaded.
@@ -889,8 +891,9 @@ class CXRPipeline:
             )
         if self.voting == "dense":
             notes.append(
-                "dense voting: every patch was read from one whole-frame pass of the classifier (an approximation of "
-                "exact patch voting; patch boxes snapped to the feature grid)"
+                "experimental dense voting: every patch was read from one whole-frame pass of the classifier, an "
+                "approximation that has not met the agreement bar with exact patch voting (patch boxes snapped to the "
+                "feature grid); use the default exact voting for results"
             )
         untrained = [c for c in names if c not in cfg.trained_classes]
         if untrained:
