@@ -233,6 +233,7 @@ def test_collect_writes_tables_paired_tests_and_plots(tmp_path, monkeypatch):
     tables = (tmp_path / "out" / "tables.md").read_text()
     assert "### Patch size (Table XVII)" in tables and "### Training-set size" in tables
     assert "patch 448 | 633 | 15.0 [50.0, 70.0]" in tables
+    assert "| 15.0 / — / — |" in tables  # accuracy per source; sources without films are dashes
     assert "0 vs 12, p = 0.00049***" in tables
     assert "global, 10 % of training patients | 63 | 50.0" in tables
     assert "Not finished: " in tables and "nomask" in tables
