@@ -382,8 +382,9 @@ class CXRPipeline:
         chunk_size: patches per forward pass; bounds memory (activations of ``chunk_size`` patches at a time).
         precision: classifier precision: "auto" (bf16 autocast on CUDA and on CPUs with native bf16 — AMX or
             AVX512-BF16, see :func:`cpu_has_bf16` — else fp32), "fp32", or "bf16" (autocast on any device; slow
-            where the CPU emulates bf16). On the CPU, bf16 gave the same label as fp32 on 100 of 100 real test
-            films with a mean |Δp| of 0.0005 (``docs/results/precision_agreement_label4.json``).
+            where the CPU emulates bf16). On the CPU, bf16 (with the batch norms folded, see ``fuse_batchnorm``)
+            gave the same label as fp32 on 100 of 100 real test films with a mean |Δp| of 0.0003
+            (``docs/results/precision_agreement_label4.json``).
         segmentation_precision: the segmentation network's precision, same choices. Its label map decides where
             every patch goes, so "auto" turns bf16 on only where it was validated end to end on real films (see
             :data:`SEGMENTATION_BF16_VALIDATED`); set "fp32" for the network exactly as trained.
