@@ -157,7 +157,8 @@ class PreparedImage:
         warnings: image-level warnings (too little lung, no heart).
         patch_cache: patch probabilities and Grad-CAM maps already computed for this image, per (classifier,
             precision, sampling, patch size, seed), in whole chunks (see :meth:`CXRPipeline.analyze`); lets a K
-            change re-use the patches it shares with an earlier call. Filled by the pipeline; never compared.
+            change re-use the patches it shares with an earlier call; with dense voting, the whole-frame feature
+            map per (classifier, precision, patch size). Filled by the pipeline (:meth:`remember`); never compared.
     """
 
     image: np.ndarray
@@ -170,9 +171,13 @@ class PreparedImage:
     biomarkers: Biomarkers
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    patch_cache: dict[tuple, tuple[np.ndarray, torch.Tensor, torch.Tensor]] = field(
-        default_factory=dict, repr=False, compare=False
-    )
+    patch_cache: dict[tuple, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def remember(self, key: tuple, value: Any) -> None:
+        """Stores ``value`` under ``key`` in :attr:`patch_cache`; a new key past the limit evicts the oldest entry."""
+        if len(self.patch_cache) >= PATCH_CACHE_ENTRIES and key not in self.patch_cache:
+            self.patch_cache.pop(next(iter(self.patch_cache)))  # oldest first (insertion order)
+        self.patch_cache[key] = value
 
     @property
     def original_size(self) -> tuple[int, int]:
@@ -751,9 +756,7 @@ class CXRPipeline:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode(), self._autocast():
                 features = model.forward_features(x).float()
-            if len(prepared.patch_cache) >= PATCH_CACHE_ENTRIES:
-                prepared.patch_cache.pop(next(iter(prepared.patch_cache)))
-            prepared.patch_cache[key] = features
+            prepared.remember(key, features)
         _, origins = snap_boxes(boxes, cell, features.shape[-1], window, patch_size)
         with torch.inference_mode():
             logits, cams = window_scores(features, model.classifier.weight, model.classifier.bias, origins, window)
@@ -799,9 +802,7 @@ class CXRPipeline:
             probs_parts.append(p)
             cams_parts.append(c)
             store_probs, store_cams = torch.cat(probs_parts), torch.cat(cams_parts)
-            if len(prepared.patch_cache) >= PATCH_CACHE_ENTRIES and key not in prepared.patch_cache:
-                prepared.patch_cache.pop(next(iter(prepared.patch_cache)))  # oldest first (insertion order)
-            prepared.patch_cache[key] = (boxes[:full].copy(), store_probs, store_cams)
+            prepared.remember(key, (boxes[:full].copy(), store_probs, store_cams))
         if k > full:
             p, c = self.classify_patches(prepared.frame, boxes[full:])
             probs_parts.append(p)

@@ -8,7 +8,6 @@ tests check the plumbing of. Nothing here needs the network or a GPU.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import socket
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT
+from test_io import make_dicom
 
 from cxr_hub import demo
 from cxr_hub.pipeline import NoClassifierError
@@ -314,37 +314,13 @@ def test_no_lung_is_a_user_error(tmp_path: Path, empty_models_dir: Path) -> None
         handler(app.build_demo(engine))(str(EXAMPLE), demo.PAPER_MODEL, 10, 224, 0, demo.PREDICTED)
 
 
-def dicom_bytes(pixels: np.ndarray, **elements: str) -> bytes:
-    """A minimal DICOM (Part 10) with the given header elements."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
-
-    ds = Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.7"
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    for key, value in elements.items():
-        setattr(ds, key, value)
-    ds.PixelData = pixels.astype("<u2").tobytes()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
 def test_dicom_identifiers_never_reach_outputs(full_app: demo.CXRApp, tmp_path: Path) -> None:
     from PIL import Image
 
     pixels = (np.asarray(Image.open(EXAMPLE).convert("L").resize((256, 256)), np.uint16) * 16).clip(0, 4095)
     secret = {"PatientName": "Doe^Jane", "PatientID": "ID-937251", "InstitutionName": "St Example Hospital"}
     path = tmp_path / "Doe_Jane_ID-937251.dcm"  # file names can carry identifiers too
-    path.write_bytes(dicom_bytes(pixels, **secret))
+    path.write_bytes(make_dicom(pixels, **secret))
     a = full_app.analyze(str(path), demo.PAPER_MODEL, k=10)
     outputs = app.render(a, full_app)
     texts = [o for o in outputs if isinstance(o, str)]

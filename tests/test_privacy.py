@@ -7,7 +7,6 @@ for the identifiers (and for the identifying directory and file names where the 
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import warnings
@@ -17,8 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from conftest import synthetic_cxr
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from test_io import make_dicom
 
 from cxr_hub.cli import main as cli_main
 from cxr_hub.demo import PAPER_MODEL, PREDICTED, CXRApp
@@ -35,24 +33,8 @@ NEEDLES = ("Zyxwert", "Quilla", "PID-4242", "SECRET", "19230817")
 def phi_dicom(pixel_data: bytes | None = None) -> bytes:
     """A DX DICOM (Part 10) with identifiers in its header; ``pixel_data`` replaces the valid pixels (corrupt)."""
     pixels = (synthetic_cxr(np.random.default_rng(5), 160, 144).astype(np.uint16) * 16).astype("<u2")
-    ds = Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.42"
-    ds.Modality = "DX"
-    for keyword, value in PHI.items():
-        setattr(ds, keyword, value)
-    ds.InstitutionName = "Quilla Memorial"  # an identifier in a tag nobody thinks of
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.tobytes() if pixel_data is None else pixel_data
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    # InstitutionName: an identifier in a tag nobody thinks of
+    return make_dicom(pixels, pixel_data=pixel_data, InstitutionName="Quilla Memorial", **PHI)
 
 
 def assert_clean(where: str, text: str, needles: tuple[str, ...] = NEEDLES) -> None:

@@ -215,15 +215,27 @@ def _ci(ci: Sequence[float] | None) -> str:
     return "—" if not ci else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
-def result_rows(results: Sequence[Mapping[str, Any]], by_name: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
-    """Table rows: setting, accuracy [CI], macro F1 [CI], per-class sensitivity, accuracy per source, paired test."""
+def paired_vs_reference(by_name: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any] | None]:
+    """:func:`paired_test` of every finished run whose reference has finished too (references themselves left out)."""
+    out = {}
+    for name, result in by_name.items():
+        ref = reference_of(BY_NAME[name])
+        if ref != name and ref in by_name:
+            out[name] = paired_test(result, by_name[ref])
+    return out
+
+
+def result_rows(
+    results: Sequence[Mapping[str, Any]], comparisons: Mapping[str, dict[str, Any] | None]
+) -> list[list[str]]:
+    """Table rows: setting, accuracy [CI], macro F1 [CI], per-class sensitivity, accuracy per source, paired test
+    (from :func:`paired_vs_reference`)."""
     rows = []
     for r in results:
-        ref = by_name.get(reference_of(BY_NAME[r["name"]]))
-        test = paired_test(r, ref) if ref is not None and ref["name"] != r["name"] else None
+        test = comparisons.get(r["name"])
         paired = (
             "reference"
-            if ref is not None and ref["name"] == r["name"]
+            if reference_of(BY_NAME[r["name"]]) == r["name"]
             else "—"
             if test is None
             else f"{test['a_only']} vs {test['b_only']}, p = {test['p']:.2g}{test['stars']}"
@@ -269,7 +281,9 @@ def setting_name(r: Mapping[str, Any]) -> str:
     return f"{r['mode']}, {round(100 * r['fraction'])} % of training patients"
 
 
-def study_tables(by_name: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+def study_tables(
+    by_name: Mapping[str, Mapping[str, Any]], comparisons: Mapping[str, dict[str, Any] | None]
+) -> dict[str, str]:
     """Markdown tables per study (a reference run appears in each study it anchors)."""
     order = {
         "patch_size": ["patch112", "patch224", "patch448"],
@@ -296,7 +310,7 @@ def study_tables(by_name: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
                 r["study"] = study
             results.append(r)
         if results:
-            tables[study] = markdown_table(HEADER, result_rows(results, by_name))
+            tables[study] = markdown_table(HEADER, result_rows(results, comparisons))
     return tables
 
 
@@ -376,12 +390,8 @@ def collect(out: Path, figures: Path) -> dict[str, Any]:
     by_name = {r["name"]: r for r in results}
     missing = [a.name for a in ABLATIONS if a.name not in by_name]
     out.mkdir(parents=True, exist_ok=True)
-    tables = study_tables(by_name)
-    comparisons = {
-        r["name"]: paired_test(r, by_name[reference_of(BY_NAME[r["name"]])])
-        for r in results
-        if reference_of(BY_NAME[r["name"]]) in by_name and reference_of(BY_NAME[r["name"]]) != r["name"]
-    }
+    comparisons = paired_vs_reference(by_name)
+    tables = study_tables(by_name, comparisons)
     titles = {
         "patch_size": "Patch size (Table XVII)",
         "lung_mask": "With vs without the lung mask (Table XVI)",
