@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = selected_rows(args)
     if rows is None:
         return 2
-    pipe = CXRPipeline.from_pretrained(args.segmentation, args.classifier, device="cpu", reuse_patches=False)
+    pipe = CXRPipeline.from_pretrained(
+        args.segmentation, args.classifier, device="cpu", reuse_patches=False, sampling=args.sampling
+    )
     records: list[dict[str, Any]] = []
     start = time.time()
     for row in tqdm(rows, desc="exact vs dense", unit="img"):

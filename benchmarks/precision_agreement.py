@@ -29,7 +29,12 @@ Usage::
 
     .venv/bin/python benchmarks/precision_agreement.py --classifier models/cxr-patch-resnet18 \
         [--manifest ../shared/data/cxr/manifest.csv] [--task label4] [--split classification:test] [--limit 100] \
-        [--k 100] [--json docs/precision_agreement_label4.json] [--segmentation-bf16]
+        [--k 100] [--json docs/precision_agreement_label4.json] [--segmentation-bf16] \
+        [--global-classifier models/cxr-global-resnet18] [--sampling stable]
+
+With ``--global-classifier`` the global classifier's label and image probabilities are compared too (``global_*``
+fields), under the same rule but reported apart: it sees the whole masked image, so it reacts to the mask's outline
+differently from the patch vote.
 """
 
 from __future__ import annotations
@@ -91,6 +96,35 @@ def compare_precisions(pipe: Any, prepared: Any, k: int, seed: int) -> dict[str,
         "saliency_max_abs_diff": float(np.abs(sal_a - sal_b).max()) if sal_b is not None else None,
         "classify_ms_fp32": a.timings["classify"],
         "classify_ms_bf16": b.timings["classify"],
+        **_global_comparison(a, b, "bf16"),
+    }
+
+
+def _global_comparison(a: Any, b: Any, name: str) -> dict[str, Any]:
+    """Label and |Δp| of the global classifier between two results (empty when the pipeline has none)."""
+    if a.global_label is None or b.global_label is None:
+        return {}
+    ga = np.array([a.global_probabilities[c] for c in a.class_names])
+    gb = np.array([b.global_probabilities[c] for c in b.class_names])
+    return {
+        "global_label_fp32": a.global_label,
+        f"global_label_{name}": b.global_label,
+        "global_same_label": a.global_label == b.global_label,
+        "global_mean_abs_dprob": float(np.abs(ga - gb).mean()),
+    }
+
+
+def _global_summary(per_image: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rule applied to the global classifier's records, when there are any."""
+    records = [r for r in per_image if "global_same_label" in r]
+    if not records:
+        return {}
+    agreement = sum(r["global_same_label"] for r in records) / len(records)
+    dprob = float(statistics.fmean(r["global_mean_abs_dprob"] for r in records))
+    return {
+        "global_label_agreement": agreement,
+        "global_mean_abs_dprob": dprob,
+        "global_passes": bool(agreement >= MIN_LABEL_AGREEMENT and dprob <= MAX_MEAN_ABS_DPROB),
     }
 
 
@@ -142,6 +176,7 @@ def compare_end_to_end(pipe: Any, image: Any, k: int, seed: int) -> dict[str, An
         "segment_ms_fast": pb.timings["segment"],
         "classify_ms_fp32": a.timings["classify"],
         "classify_ms_fast": b.timings["classify"],
+        **_global_comparison(a, b, "fast"),
     }
 
 
@@ -174,6 +209,7 @@ def summarise_end_to_end(per_image: list[dict[str, Any]]) -> dict[str, Any]:
         "classify_ms_fast_median": statistics.median(values("classify_ms_fast")),
         "passes": bool(agreement >= MIN_LABEL_AGREEMENT and dprob <= MAX_MEAN_ABS_DPROB),
         "rule": f"label agreement >= {MIN_LABEL_AGREEMENT} and mean |dp| (image) <= {MAX_MEAN_ABS_DPROB}",
+        **_global_summary(per_image),
     }
 
 
@@ -201,12 +237,14 @@ def summarise(per_image: list[dict[str, Any]]) -> dict[str, Any]:
         "classify_ms_bf16_median": statistics.median(r["classify_ms_bf16"] for r in per_image),
         "passes": bool(agreement >= MIN_LABEL_AGREEMENT and dprob <= MAX_MEAN_ABS_DPROB),
         "rule": f"label agreement >= {MIN_LABEL_AGREEMENT} and mean |dp| (patch) <= {MAX_MEAN_ABS_DPROB}",
+        **_global_summary(per_image),
     }
 
 
 def comparison_parser(description: str, default_limit: int = 100) -> argparse.ArgumentParser:
     """The options every real-film comparison script shares (models, manifest, split, limit, K, seed, JSON)."""
     from cxr_hub.classification import DEFAULT_SEGMENTATION
+    from cxr_hub.patches import SAMPLING_MODES
 
     default_manifest = REPO_ROOT.parent / "shared" / "data" / "cxr" / "manifest.csv"
     parser = argparse.ArgumentParser(description=description)
@@ -221,6 +259,12 @@ def comparison_parser(description: str, default_limit: int = 100) -> argparse.Ar
     )
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--sampling",
+        default="stable",
+        choices=SAMPLING_MODES,
+        help="patch sampler of the pipeline (default: %(default)s, the pipeline's default)",
+    )
     parser.add_argument("--json", help="write the summary and per-image records here")
     return parser
 
@@ -255,6 +299,7 @@ def write_report(
         split=args.split,
         k=args.k,
         seed=args.seed,
+        sampling=args.sampling,
         **extra,
         machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
     )
@@ -277,11 +322,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="compare end to end: all fp32 vs bf16 segmentation + bf16 classifier (folded batch norms)",
     )
+    parser.add_argument(
+        "--global-classifier",
+        help="also compare this global classifier's label and probabilities (the same rule, reported apart)",
+    )
     args = parser.parse_args(argv)
     rows = selected_rows(args)
     if rows is None:
         return 2
-    pipe = CXRPipeline.from_pretrained(args.segmentation, args.classifier, device="cpu")
+    pipe = CXRPipeline.from_pretrained(
+        args.segmentation, args.classifier, args.global_classifier, device="cpu", sampling=args.sampling
+    )
     records: list[dict[str, Any]] = []
     start = time.time()
     for row in tqdm(rows, desc="fp32 vs bf16", unit="img"):
@@ -296,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         record["id"] = row.id
         records.append(record)
     summary = summarise_end_to_end(records) if args.segmentation_bf16 else summarise(records)
-    write_report(summary, records, args, seconds=round(time.time() - start, 1))
+    write_report(
+        summary, records, args, global_classifier=args.global_classifier, seconds=round(time.time() - start, 1)
+    )
     return 0
 
 

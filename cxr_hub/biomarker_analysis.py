@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .biomarkers import CLASS_BIOMARKERS, Biomarkers
+from .biomarkers import CLASS_BIOMARKERS, CTR_DEFINITION, Biomarkers
 from .classification import json_ready
 from .stats import compare_classes, format_mean_sd, normality_markdown, pairwise_markdown, summary_markdown
 
@@ -405,7 +405,8 @@ def run_biomarkers(
         model, model_name = segmentation, type(segmentation).__name__
     else:
         model, model_name = load_segmentation_model(segmentation, device), str(segmentation)
-    pipe = CXRPipeline(model, None, device=device)
+    # statistics from the network exactly as trained, whatever the pipeline's speed-oriented default
+    pipe = CXRPipeline(model, None, device=device, segmentation_precision="fp32")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -415,6 +416,9 @@ def run_biomarkers(
         "task": task,
         "segmentation": model_name,
         "preprocessing": {"equalize": pipe.frame_processor.do_equalize, "gamma": pipe.frame_processor.gamma},
+        "segmentation_arithmetic": pipe.settings()["segmentation_arithmetic"],
+        # resuming a CSV measured with another definition would mix two CTRs in one table
+        "cardiothoracic_ratio": CTR_DEFINITION,
     }
     done: dict[str, dict[str, Any]] = {}
     if resume and csv_path.is_file():

@@ -10,8 +10,11 @@ Definitions:
   map. Heart width = max over rows of (rightmost - leftmost heart pixel + 1). Thoracic width = max over rows of
   (rightmost - leftmost pixel belonging to *either* lung + 1), i.e. from the outer edge of one lung to the outer edge
   of the other on the same row; the two maxima may lie on different rows, as in the radiological definition. The
-  internal thoracic width is approximated by the lung fields (the segmentation has no rib cage). NaN, with a
-  warning, when there is no heart or no lung.
+  internal thoracic width is approximated by the lung fields (the segmentation has no rib cage). Only the largest
+  connected region (8-connectivity) of the heart and of each lung counts: a width is an extent, so one stray
+  segmented speck beside the heart would otherwise stretch it (on a real film a 95-pixel speck moved the CTR from
+  0.54 to 0.79 when a few pixels of the segmentation changed). NaN, with a warning, when there is no heart or no
+  lung.
 * **Lung intensity**: mean and standard deviation of the preprocessed image (:func:`cxr_hub.preprocess_cxr`,
   gray levels in [0, 255], original size) over the lung mask (left | right lung).
 * **Lung areas**: pixel counts of the left and right lung labels and their fractions of the image area.
@@ -25,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 # label values of cxr_hub.SEGMENTATION_LABELS
 HEART = 1
@@ -41,16 +45,48 @@ CLASS_BIOMARKERS: dict[str, tuple[str, int]] = {
     "lung_area_fraction": ("lung area (share of image)", 3),
 }
 
+#: Which cardiothoracic-ratio definition :func:`cardiothoracic_ratio` computes (recorded with every biomarker run).
+CTR_DEFINITION = "widths of the largest 8-connected region of the heart and of each lung (since 2026-12-01)"
+
 __all__ = [
     "CLASS_BIOMARKERS",
+    "CTR_DEFINITION",
     "HEART",
     "LEFT_LUNG",
     "RIGHT_LUNG",
     "Biomarkers",
     "cardiothoracic_ratio",
     "compute_biomarkers",
+    "largest_component",
     "max_row_width",
 ]
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected region of a mask (ties: the first in raster order); empty stays empty.
+
+    Args:
+        mask: (H, W) boolean array.
+
+    Returns:
+        (H, W) boolean array, a subset of ``mask``.
+    """
+    m = np.asarray(mask, dtype=bool)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {m.shape}.")
+    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+    if rows.size == 0:
+        return m.copy()
+    # label only the bounding box: the organ is a fraction of the film, and this runs on every analysis
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    labels, n = ndimage.label(m[box], structure=np.ones((3, 3), dtype=bool))
+    if n <= 1:
+        return m.copy()
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0  # background
+    out = np.zeros_like(m)
+    out[box] = labels == int(sizes.argmax())
+    return out
 
 
 def max_row_width(mask: np.ndarray) -> int:
@@ -77,7 +113,10 @@ def max_row_width(mask: np.ndarray) -> int:
 
 
 def cardiothoracic_ratio(
-    label_map: np.ndarray, heart_label: int = HEART, lung_labels: Sequence[int] = (LEFT_LUNG, RIGHT_LUNG)
+    label_map: np.ndarray,
+    heart_label: int = HEART,
+    lung_labels: Sequence[int] = (LEFT_LUNG, RIGHT_LUNG),
+    largest_only: bool = True,
 ) -> tuple[float, int, int]:
     """Cardiothoracic ratio from a label map (see the module docstring for the definition).
 
@@ -85,14 +124,24 @@ def cardiothoracic_ratio(
         label_map: (H, W) integer labels (0 background, 1 heart, 2 left lung, 3 right lung).
         heart_label: label of the heart.
         lung_labels: labels of the lungs.
+        largest_only: measure only the largest connected region of the heart and of each lung (default); False
+            measures every labelled pixel, as this package did before 2026-12-01 (sensitive to stray specks).
 
     Returns:
         ``(ratio, heart_width, thoracic_width)``: ratio in (0, inf) (normally 0.3-0.7), NaN when either width is 0;
         the widths in pixels.
     """
     lab = np.asarray(label_map)
-    heart_w = max_row_width(lab == heart_label)
-    thorax_w = max_row_width(np.isin(lab, list(lung_labels)))
+    heart = lab == heart_label
+    if largest_only:
+        heart = largest_component(heart)
+        thorax = np.zeros_like(heart)
+        for label in lung_labels:
+            thorax |= largest_component(lab == label)
+    else:
+        thorax = np.isin(lab, list(lung_labels))
+    heart_w = max_row_width(heart)
+    thorax_w = max_row_width(thorax)
     ratio = heart_w / thorax_w if heart_w > 0 and thorax_w > 0 else math.nan
     return ratio, heart_w, thorax_w
 

@@ -394,6 +394,7 @@ def evaluate_classification(
     limit: int | None = None,
     device: str | None = None,
     chunk_size: int = 32,
+    sampling: str = "stable",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Runs the full pipeline on every selected row with a label for ``task`` and writes the evaluation files.
@@ -414,6 +415,8 @@ def evaluate_classification(
         limit: at most this many rows (quick checks).
         device: "cpu" / "cuda" (default: CUDA when available).
         chunk_size: patches per forward pass.
+        sampling: the pipeline's patch sampler (``CXRPipeline(sampling=...)``); recorded with the other pipeline
+            settings under ``"pipeline"`` in ``metrics.json``.
         progress: show a tqdm bar.
 
     Returns:
@@ -454,6 +457,7 @@ def evaluate_classification(
         folders["global"][0] if "global" in folders else None,
         device=device,
         chunk_size=chunk_size,
+        sampling=sampling,
     )
     names = pipe.class_names
     unknown = sorted({r.label(task) for r in rows} - set(names))
@@ -523,6 +527,7 @@ def evaluate_classification(
             "k": int(k),
             "seed": int(seed),
             "models": {name: str(v[0]) for name, v in folders.items()},
+            "pipeline": pipe.settings(),
             "trained_classes": list(pipe.classifier_config.trained_classes),
             "selection": {
                 "manifest": str(manifest),
@@ -567,6 +572,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             limit=args.limit,
             device=args.device,
             chunk_size=args.chunk_size,
+            sampling=args.sampling,
         )
     except (FileNotFoundError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -583,6 +589,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: Any) -> None:
     """Registers ``evaluate`` on the top-level CLI."""
+    from .patches import SAMPLING_MODES
+
     p = subparsers.add_parser(
         "evaluate",
         help="run the full pipeline on a labelled manifest and score the classifier (metrics.json, predictions.csv)",
@@ -609,4 +617,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--limit", type=int, help="evaluate at most this many images (quick checks)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--chunk-size", type=int, default=32, help="patches per forward pass (default: %(default)s)")
+    p.add_argument(
+        "--sampling",
+        choices=SAMPLING_MODES,
+        default="stable",
+        help="patch sampler: stable (default, the pipeline's), joint (as in training) or independent (the authors')",
+    )
     p.set_defaults(func=run_evaluate)

@@ -20,7 +20,9 @@ with weights that were not loaded.
 Rules (see :mod:`cxr_hub.patches` and :mod:`cxr_hub.saliency` for the functions):
 
 * Patch centres are drawn jointly and uniformly from the lung pixels of the lung mask resized (nearest) to the
-  classifier frame; a patch near the border is shifted inside the frame, never zero-padded (``sampling``).
+  classifier frame, by default from a stream of frame positions fixed by the seed (``sampling="stable"``), so a
+  slightly different mask keeps almost every patch; a patch near the border is shifted inside the frame, never
+  zero-padded.
 * A ``patch_size`` other than the classifier's trained ``config.patch_size`` is cropped at that size, resized to
   ``config.input_size`` and flagged in ``warnings``.
 * Majority vote; ties → highest mean probability → lowest class index. Same seed → identical result.
@@ -86,8 +88,12 @@ PRECISIONS = ("auto", "fp32", "bf16")
 #: each patch read from its feature window (:mod:`cxr_hub.dense`; experimental: it failed the agreement bar).
 VOTING_MODES = ("exact", "dense")
 #: Whether ``segmentation_precision="auto"`` may use bf16: set only after the end-to-end check on real films
-#: (``benchmarks/precision_agreement.py --segmentation-bf16``) met the project's rule.
-SEGMENTATION_BF16_VALIDATED = False
+#: (``benchmarks/precision_agreement.py --segmentation-bf16``) met the project's rule. It failed with the index-based
+#: sampler (30 films: 1 label changed, mean |Δp| 0.0072) and passed with the stable sampler, the default since
+#: 2026-12-01 (100 test films: 99 same labels, the other a 48:47 vote that became 47:48; mean |Δp| 0.0010;
+#: ``docs/results/segmentation_bf16_agreement_label4.json``). That check covers the patch classifier; the global
+#: classifier changed 4 of 172 test labels with bf16 masks, so "auto" keeps fp32 when one is loaded.
+SEGMENTATION_BF16_VALIDATED = True
 
 #: Below this share of the image segmented as lung, a result is flagged as unreliable.
 DEFAULT_MIN_LUNG_FRACTION = 0.05
@@ -392,7 +398,11 @@ class CXRPipeline:
             (``docs/results/precision_agreement_label4.json``).
         segmentation_precision: the segmentation network's precision, same choices. Its label map decides where
             every patch goes, so "auto" turns bf16 on only where it was validated end to end on real films (see
-            :data:`SEGMENTATION_BF16_VALIDATED`); set "fp32" for the network exactly as trained.
+            :data:`SEGMENTATION_BF16_VALIDATED`): on the devices where ``precision="auto"`` uses bf16, only with
+            ``sampling="stable"`` (with the other samplers a mask that differs by a few pixels moves every patch,
+            and bf16 failed the check), and only without a global classifier (the global model sees the mask's
+            outline in its whole-image input: bf16 masks changed 4 of its 172 test labels). Set "fp32" for the
+            network exactly as trained (about 2x slower on this CPU).
         voting: "exact" (default: K patches cropped and classified, the paper) or "dense" (**experimental**, a
             research hook, not a feature: one fully convolutional pass over the frame, each patch's logits and
             Grad-CAM read from its window of the feature map, boxes snapped to the 32-pixel feature grid; see
@@ -406,7 +416,11 @@ class CXRPipeline:
             ResNet-18 patches, ~3x for FC-DenseNet103, whose many concatenations are cheaper in that layout).
         normalize_cams: normalise each patch's Grad-CAM to [0, 1] before eq. 5, as the authors did; False keeps raw
             Grad-CAM values (maps are then not bounded by 1).
-        sampling: "joint" (centres uniform over lung pixels) or "independent" (the authors' row/column scheme).
+        sampling: "stable" (default: centres uniform over lung pixels, drawn from a mask-independent stream of
+            frame positions, so a mask that changes by a few pixels keeps almost every patch), "joint" (the same
+            distribution drawn by index into the lung pixels, as in training; every patch moves when the mask
+            gains or loses a pixel; the pipeline's default before 2026-12-01) or "independent" (the authors'
+            row/column scheme). See :func:`cxr_hub.patches.sample_patch_centers`.
         min_lung_fraction: below this share of the image segmented as lung, the result carries a warning.
         frame_config: a ``PatchClassifierConfig`` (``mode="patch"``) that defines the classifier frame (size, gamma,
             equalisation, mean/std) and the default patch size and K when there is no classifier. None → the
@@ -431,7 +445,7 @@ class CXRPipeline:
         fuse_batchnorm: bool = True,
         channels_last: bool = True,
         normalize_cams: bool = True,
-        sampling: str = "joint",
+        sampling: str = "stable",
         min_lung_fraction: float = DEFAULT_MIN_LUNG_FRACTION,
         frame_config: PatchClassifierConfig | None = None,
         reuse_patches: bool = True,
@@ -541,6 +555,28 @@ class CXRPipeline:
             model = model.to(memory_format=torch.channels_last)
         return model
 
+    def settings(self) -> dict[str, Any]:
+        """The choices that change results, as resolved on this machine (for reports next to the numbers).
+
+        Returns:
+            JSON-ready dict: device, sampling, voting, chunk size, classifier and segmentation precision (the
+            option and what it resolved to here, "bf16" or "fp32"), batch-norm folding, channels_last, Grad-CAM
+            normalisation.
+        """
+        return {
+            "device": str(self.device),
+            "sampling": self.sampling,
+            "voting": self.voting,
+            "chunk_size": self.chunk_size,
+            "precision": self.precision,
+            "classifier_arithmetic": "bf16" if self._uses_bf16(self.precision) else "fp32",
+            "segmentation_precision": self.segmentation_precision,
+            "segmentation_arithmetic": "bf16" if self._segmentation_uses_bf16() else "fp32",
+            "fuse_batchnorm": self.fuse_batchnorm,
+            "channels_last": self.channels_last,
+            "normalize_cams": self.normalize_cams,
+        }
+
     def _uses_bf16(self, precision: str) -> bool:
         """Whether ``precision`` resolves to bf16 autocast on this pipeline's device."""
         native = self.device.type == "cuda" or (self.device.type == "cpu" and cpu_has_bf16())
@@ -548,7 +584,12 @@ class CXRPipeline:
 
     def _segmentation_uses_bf16(self) -> bool:
         if self.segmentation_precision == "auto":
-            return SEGMENTATION_BF16_VALIDATED and self._uses_bf16("auto")
+            return (
+                SEGMENTATION_BF16_VALIDATED
+                and self.sampling == "stable"
+                and self.global_classifier is None
+                and self._uses_bf16("auto")
+            )
         return self._uses_bf16(self.segmentation_precision)
 
     def _autocast(self, enabled: bool | None = None) -> contextlib.AbstractContextManager[Any]:

@@ -71,3 +71,36 @@ def test_no_lung_gives_nan_statistics():
     assert len(b.warnings) == 2
     with pytest.raises(ValueError):
         compute_biomarkers(lab, np.zeros((10, 20)))
+
+
+def test_cardiothoracic_ratio_ignores_stray_specks():
+    """A speck labelled heart (or lung) away from the organ must not stretch its width: largest region only."""
+    lab = _label_map()
+    lab[5, 2] = 1  # a heart speck far left of the heart, on a row of its own
+    lab[90, 115:118] = 1
+    lab[50, 0] = 2  # a lung speck outside the thorax, on a row both lungs cross
+    ratio, heart, thorax = cardiothoracic_ratio(lab)
+    assert (heart, thorax) == (34, 101)
+    assert ratio == pytest.approx(34 / 101)
+    # the old definition measures every labelled pixel
+    _, heart_all, thorax_all = cardiothoracic_ratio(lab, largest_only=False)
+    assert heart_all == 34 and thorax_all == 111  # the lung speck at column 0 stretches the row extent to 0..110
+    lab[50, 5] = 1  # a heart speck on the heart's widest row
+    assert cardiothoracic_ratio(lab)[1] == 34
+    assert cardiothoracic_ratio(lab, largest_only=False)[1] == 76 - 5 + 1
+
+
+def test_largest_component():
+    from cxr_hub.biomarkers import largest_component
+
+    m = np.zeros((10, 10), dtype=bool)
+    assert not largest_component(m).any()
+    m[1:3, 1:3] = True  # 4 px
+    m[5:9, 5:8] = True  # 12 px
+    m[9, 9] = True  # diagonal neighbour of (8, 7)? no: (8, 7) and (9, 9) are two apart
+    out = largest_component(m)
+    assert out.sum() == 12 and out[5:9, 5:8].all()
+    m[9, 8] = True  # 8-connected to (8, 7): joins the big region together with (9, 9)
+    assert largest_component(m).sum() == 14
+    with pytest.raises(ValueError, match="2-D"):
+        largest_component(np.zeros((2, 2, 2), bool))

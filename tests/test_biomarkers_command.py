@@ -168,6 +168,21 @@ def test_resume_skips_finished_images_and_refuses_other_settings(tmp_path, tiny_
 
     with pytest.raises(ValueError, match="other settings"):  # another model must not extend this CSV
         run_biomarkers(manifest, out, segmentation=tiny_seg_folder, resume=True, device="cpu", progress=False)
+    # a CSV measured with the old cardiothoracic-ratio definition must not be extended either
+    config_path = out / "run_config.json"
+    config = json.loads(config_path.read_text())
+    assert config["segmentation_arithmetic"] == "fp32"  # statistics from the network as trained
+    config["cardiothoracic_ratio"] = "every labelled pixel"
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="cardiothoracic_ratio"):
+        run_biomarkers(
+            manifest,
+            out,
+            segmentation=PatternSegmenter(tiny_fcdensenet_config),
+            resume=True,
+            device="cpu",
+            progress=False,
+        )
 
     third = PatternSegmenter(tiny_fcdensenet_config)  # without --resume everything is recomputed
     run_biomarkers(manifest, out, segmentation=third, device="cpu", progress=False)

@@ -76,6 +76,9 @@ def test_evaluate_writes_metrics_predictions_and_plot(tmp_path, models, capsys):
     assert set(metrics["accuracy_by_source"]) == {"alpha", "beta"}
     assert 0 <= metrics["saliency_in_lung_mean"] <= 1
     assert metrics["trained_classes"] == ["normal", "bacterial", "viral_covid"] and metrics["k"] == 4
+    # the settings that change results are saved with them
+    assert metrics["pipeline"]["sampling"] == "stable" and metrics["pipeline"]["device"] == "cpu"
+    assert metrics["pipeline"]["segmentation_arithmetic"] in ("fp32", "bf16")
     assert REQUIRED - {"ci95"} <= set(metrics["global"])
     with (out / "predictions.csv").open() as f:
         rows = list(csv.DictReader(f))

@@ -128,3 +128,27 @@ def test_segmentation_precision_is_checked_and_applied(tiny_fcdensenet_config, t
         )
         prepared = pipe.prepare(image)
         assert seen == [expected] and prepared.label_map.dtype == np.uint8
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_auto_segmentation_precision_follows_the_validation(
+    tiny_fcdensenet_config, tiny_classifier_config, monkeypatch, native_bf16
+):
+    """ "auto" segmentation is bf16 only where the classifier's "auto" is, and only with the stable sampler."""
+    import cxr_hub.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "cpu_has_bf16", lambda: native_bf16)
+    classifier = _classifier(tiny_classifier_config)
+    seg = PatternSegmenter(tiny_fcdensenet_config, chest_labels)
+    expected = "bf16" if native_bf16 and pipeline_module.SEGMENTATION_BF16_VALIDATED else "fp32"
+    assert CXRPipeline(seg, classifier, device="cpu").settings()["segmentation_arithmetic"] == expected
+    for sampling in ("joint", "independent"):
+        settings = CXRPipeline(seg, classifier, device="cpu", sampling=sampling).settings()
+        assert settings["segmentation_arithmetic"] == "fp32", sampling
+    # a global classifier sees the mask's outline: "auto" keeps its segmentation in fp32
+    glob_config = PatchClassifierConfig(image_size=256, input_size=64, mode="global")
+    with_global = CXRPipeline(seg, classifier, _classifier(glob_config), device="cpu").settings()
+    assert with_global["segmentation_arithmetic"] == "fp32"
+    pinned = CXRPipeline(seg, classifier, device="cpu", segmentation_precision="fp32").settings()
+    assert pinned["segmentation_arithmetic"] == "fp32"
+    assert pinned["classifier_arithmetic"] == ("bf16" if native_bf16 else "fp32")

@@ -35,6 +35,57 @@ def test_joint_centres_lie_in_the_lung():
     assert in_first == pytest.approx(900 / (900 + 1400), abs=0.05)
 
 
+@pytest.mark.parametrize("mode", ["joint", "stable"])
+def test_uniform_modes_sample_both_lungs_in_proportion(mode):
+    mask = _two_lungs()
+    centers = sample_patch_centers(mask, 4000, np.random.default_rng(3), mode=mode)
+    assert mask[centers[:, 1], centers[:, 0]].all()
+    assert (centers[:, 1] < 60).mean() == pytest.approx(900 / (900 + 1400), abs=0.04)
+    # uniform within a lung too: each quarter of the first lung gets about a quarter of its centres
+    first = centers[centers[:, 1] < 60]
+    quarters = np.bincount(((first[:, 1] - 10) // 15) * 2 + (first[:, 0] - 10) // 15, minlength=4) / len(first)
+    np.testing.assert_allclose(quarters, 0.25, atol=0.05)
+
+
+def test_stable_sampling_keeps_the_centres_when_the_mask_changes_slightly():
+    """The point of mode="stable": a few boundary pixels more or less move only a few centres; "joint" moves all."""
+    mask = _two_lungs()
+    changed = mask.copy()
+    changed[40, 10:40] = True  # one more row under the first lung (30 pixels of 2300)
+    changed[80, 85:100] = False  # 15 pixels fewer on the second
+    for mode, min_same in (("stable", 0.9), ("joint", None)):
+        a = sample_patch_centers(mask, 200, 5, mode=mode)
+        b = sample_patch_centers(changed, 200, 5, mode=mode)
+        same = (a == b).all(axis=1).mean()
+        if min_same is not None:
+            # as sets: a centre dropped or added shifts the later ones by one position in the list
+            kept = len({tuple(c) for c in a} & {tuple(c) for c in b}) / len({tuple(c) for c in a})
+            assert kept >= min_same, (mode, kept)
+        else:
+            assert same < 0.1, (mode, same)
+
+
+def test_stable_sampling_prefix_and_determinism():
+    mask = _two_lungs()
+    a = sample_patch_centers(mask, 50, 11, mode="stable")
+    np.testing.assert_array_equal(a[:20], sample_patch_centers(mask, 20, 11, mode="stable"))
+    np.testing.assert_array_equal(a, sample_patch_centers(mask, 50, np.random.default_rng(11), mode="stable"))
+    assert not np.array_equal(a, sample_patch_centers(mask, 50, 12, mode="stable"))
+    # more centres than one block of the stream yields
+    many = sample_patch_centers(mask, 5000, 1, mode="stable")
+    assert many.shape == (5000, 2) and mask[many[:, 1], many[:, 0]].all()
+
+
+def test_stable_sampling_on_a_tiny_lung_falls_back_to_indexing():
+    from cxr_hub.patches import STABLE_MIN_FRACTION
+
+    mask = np.zeros((1024, 1024), dtype=bool)
+    mask[500, 600] = True  # one pixel: far below STABLE_MIN_FRACTION of the frame
+    assert mask.sum() < STABLE_MIN_FRACTION * mask.size
+    centers = sample_patch_centers(mask, 7, 0, mode="stable")
+    assert (centers == [600, 500]).all()
+
+
 def test_independent_sampling_can_leave_the_lung():
     """The authors' row/column scheme puts centres outside the lung: the reason for joint sampling."""
     mask = _two_lungs()

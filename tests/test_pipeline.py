@@ -148,6 +148,26 @@ def test_same_seed_same_result_other_seed_other_boxes(pipe, image):
     assert not np.array_equal(a.patch_boxes_1024, c.patch_boxes_1024)
 
 
+def test_default_sampler_keeps_the_patches_when_the_mask_changes_slightly(pipe, image):
+    """sampling="stable" (the default): a few lung pixels more or less leave almost every patch where it was."""
+    assert pipe.settings()["sampling"] == "stable"
+    prepared = pipe.prepare(image)
+    a = pipe.sample_patches(prepared, k=50, seed=2)
+    grown = pipe.prepare(image)
+    assert grown.frame_mask is not prepared.frame_mask
+    ys, xs = np.nonzero(grown.frame_mask)
+    grown.frame_mask[ys.max() + 1 : ys.max() + 5, xs.min() : xs.min() + 40] = True  # 160 pixels below the lung
+    b = pipe.sample_patches(grown, k=50, seed=2)
+    kept = len({tuple(x) for x in a.boxes_1024} & {tuple(x) for x in b.boxes_1024})
+    assert kept >= 45
+    pipe.sampling = "joint"  # indexing the lung pixels: the same change moves nearly every patch
+    try:
+        a, b = pipe.sample_patches(prepared, k=50, seed=2), pipe.sample_patches(grown, k=50, seed=2)
+    finally:
+        pipe.sampling = "stable"
+    assert len({tuple(x) for x in a.boxes_1024} & {tuple(x) for x in b.boxes_1024}) < 25
+
+
 def test_prepare_then_analyze_equals_call(pipe, image):
     prepared = pipe.prepare(image)
     assert isinstance(prepared, PreparedImage)
@@ -382,6 +402,7 @@ def test_from_pretrained_and_predict_cli(tmp_path, tiny_fcdensenet_config, class
     assert code == 0
     result = json.loads((out / "result.json").read_text())
     assert result["k"] == 6 and result["label"] in CLASSES and "cxr.png" not in json.dumps(result)
+    assert result["pipeline"]["sampling"] == "stable"
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert "segmentation.png" in pngs and len([p for p in pngs if p.startswith("saliency_")]) == 4
     assert Image.open(out / "segmentation.png").size == (180, 200)

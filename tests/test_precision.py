@@ -31,21 +31,42 @@ def test_auto_precision_follows_the_cpu(monkeypatch, tiny_fcdensenet_config, tin
     np.testing.assert_allclose(a.patch_probabilities, b.patch_probabilities, atol=0.05)
 
 
-@pytest.mark.slow
-def test_bf16_agrees_with_fp32_on_real_films(cxr_data):
-    """The rule that made bf16 the CPU default, re-checked on 8 test-split films (the full check: 100 films)."""
+def _shipped_pipeline_and_test_films(cxr_data, n: int):
+    """The shipped segmentation + label4 patch classifier and the first ``n`` label4 test-split films (skips when the
+    models are absent); puts ``benchmarks/`` on the path for ``precision_agreement``."""
     seg, clf = REPO_ROOT / "models" / "cxr-lung-seg-fcdensenet103", REPO_ROOT / "models" / "cxr-patch-resnet18"
     if not (seg / "model.safetensors").is_file() or not (clf / "model.safetensors").is_file():
         pytest.skip("shipped models absent")
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    from precision_agreement import MAX_MEAN_ABS_DPROB, compare_precisions
-
     from cxr_hub.evaluation import select_rows
     from cxr_hub.manifest import read_manifest
 
     rows = [r for r in read_manifest(cxr_data / "manifest.csv") if r.label4]
-    rows = select_rows(rows, REPO_ROOT / "training" / "splits" / "splits_seed0.json", "classification:test")[:8]
-    pipe = CXRPipeline.from_pretrained(seg, clf, device="cpu")
+    rows = select_rows(rows, REPO_ROOT / "training" / "splits" / "splits_seed0.json", "classification:test")[:n]
+    return CXRPipeline.from_pretrained(seg, clf, device="cpu"), rows
+
+
+@pytest.mark.slow
+def test_bf16_agrees_with_fp32_on_real_films(cxr_data):
+    """The rule that made bf16 the CPU default, re-checked on 8 test-split films (the full check: 100 films)."""
+    pipe, rows = _shipped_pipeline_and_test_films(cxr_data, 8)
+    from precision_agreement import MAX_MEAN_ABS_DPROB, compare_precisions
+
     records = [compare_precisions(pipe, pipe.prepare(r.image), k=100, seed=0) for r in rows]
     assert all(r["same_label"] for r in records)
     assert np.mean([r["mean_abs_dprob_patch"] for r in records]) <= MAX_MEAN_ABS_DPROB
+
+
+@pytest.mark.slow
+def test_bf16_segmentation_agrees_end_to_end_on_real_films(cxr_data):
+    """The rule that made bf16 segmentation the default (with the stable sampler), re-checked on 4 test-split films
+    end to end (the full check: 100 films, ``benchmarks/precision_agreement.py --segmentation-bf16``)."""
+    pipe, rows = _shipped_pipeline_and_test_films(cxr_data, 4)
+    from precision_agreement import MAX_MEAN_ABS_DPROB, compare_end_to_end
+
+    assert pipe.sampling == "stable"
+    records = [compare_end_to_end(pipe, r.image, k=100, seed=0) for r in rows]
+    assert all(r["same_label"] for r in records)
+    assert np.mean([r["mean_abs_dprob_image"] for r in records]) <= MAX_MEAN_ABS_DPROB
+    assert min(r["lung_dice"] for r in records) >= 0.99
+    assert max(r["abs_dctr"] for r in records) <= 0.05

@@ -335,7 +335,10 @@ def build_cache(
         from cxr_hub.pipeline import CXRPipeline
 
         seg = load_segmentation_model(segmentation, device)
-        pipe = CXRPipeline(seg, _classifier_stub(image_size, do_equalize, gamma), device=seg.device)
+        # fp32 whatever the pipeline's default: the cached masks are the training data of the shipped models
+        pipe = CXRPipeline(
+            seg, _classifier_stub(image_size, do_equalize, gamma), device=seg.device, segmentation_precision="fp32"
+        )
         for row in tqdm(todo, desc=f"lung masks + {image_size}px frames", unit="img", disable=not progress):
             try:
                 prepared = pipe.prepare(row.image)

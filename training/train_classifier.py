@@ -37,8 +37,10 @@ Definitions:
 * **Random streams**: the sampler of epoch e uses ``default_rng([seed, e, 0])``; the patches of image i in epoch e
   use ``default_rng([seed, e, 1, key(id_i)])`` (its own stream, independent of the draw order); augmentation of
   step s uses ``[seed, e, 2, s]``. A resumed run therefore continues with exactly the draws it would have made.
-  Validation and test patches use ``default_rng(eval_seed)`` per image, as ``CXRPipeline.analyze(seed=...)`` does,
-  so the validation patches are the same every epoch.
+  Validation and test patches use ``default_rng(eval_seed)`` per image, so the validation patches are the same every
+  epoch. Training and evaluation here draw with ``mode="joint"`` (the pipeline's default until 2026-12-01, and what
+  the shipped models were trained and scored with); the pipeline now draws the same distribution with
+  ``mode="stable"`` (see :mod:`cxr_hub.patches`), so its patches for a given seed differ from these.
 * **Normalisation**: as the pipeline: gray levels in [0, 255] with 0 outside the lungs, ``(x / 255 - mean) / std``
   with the config's ``image_mean`` / ``image_std``.
 * **Augmentation** (``--augment``, training only): per patch a random gamma ``exp(U(-0.15, 0.15))`` and gain
@@ -366,7 +368,8 @@ def predict(
 ) -> dict[str, Any]:
     """Image-level predictions: majority vote over k patches (patch mode) or argmax (global mode).
 
-    Patch mode draws each image's patches with ``default_rng(seed)``, as ``CXRPipeline.analyze(seed=seed)`` does.
+    Patch mode draws each image's patches with ``default_rng(seed)`` and ``mode="joint"``, as
+    ``CXRPipeline(sampling="joint").analyze(seed=seed)`` does.
 
     Returns:
         ``{"pred": int64 (N,), "probs": float32 (N, C) mean patch probabilities, "loss": mean cross-entropy over
