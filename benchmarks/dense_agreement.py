@@ -43,6 +43,8 @@ def compare_voting(pipe: Any, prepared: Any, k: int, seed: int) -> dict[str, Any
         Per-image record: both labels, |Δ| of mean probabilities and vote fractions, classification times (ms; the
         dense time is a fresh pass, its feature cache cleared first).
     """
+    from precision_agreement import image_probabilities
+
     before = pipe.voting
     results = {}
     try:
@@ -53,9 +55,8 @@ def compare_voting(pipe: Any, prepared: Any, k: int, seed: int) -> dict[str, Any
     finally:
         pipe.voting = before
     a, b = results["exact"], results["dense"]
-    names = a.class_names
-    pa, pb = np.array([a.probabilities[c] for c in names]), np.array([b.probabilities[c] for c in names])
-    va, vb = np.array([a.vote_fraction[c] for c in names]), np.array([b.vote_fraction[c] for c in names])
+    pa, pb = image_probabilities(a), image_probabilities(b)
+    va, vb = image_probabilities(a, "vote_fraction"), image_probabilities(b, "vote_fraction")
     return {
         "label_exact": a.label,
         "label_dense": b.label,

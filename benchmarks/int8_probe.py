@@ -44,6 +44,7 @@ from precision_agreement import (  # noqa: E402  (needs the path above)
     MAX_MEAN_ABS_DPROB,
     MIN_LABEL_AGREEMENT,
     comparison_parser,
+    passes_rule,
     selected_rows,
     write_report,
 )
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         "classify_ms_fp32_median": fp32_ms,
         "classify_ms_bf16_median": bf16_ms,
         "classify_ms_int8_median": int8_ms,
-        "passes": bool(agreement >= MIN_LABEL_AGREEMENT and dprob <= MAX_MEAN_ABS_DPROB),
+        "passes": passes_rule(agreement, dprob),
         "rule": f"label agreement >= {MIN_LABEL_AGREEMENT} and mean |dp| (patch) <= {MAX_MEAN_ABS_DPROB}",
         "calibration": {
             "films": len(pick),

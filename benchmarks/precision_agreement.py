@@ -60,6 +60,18 @@ MIN_LABEL_AGREEMENT = 0.99
 MAX_MEAN_ABS_DPROB = 0.01
 
 
+def passes_rule(label_agreement: float, mean_abs_dprob: float) -> bool:
+    """The project's rule for a faster arithmetic: enough labels kept and probabilities barely moved."""
+    return bool(label_agreement >= MIN_LABEL_AGREEMENT and mean_abs_dprob <= MAX_MEAN_ABS_DPROB)
+
+
+def image_probabilities(result: Any, field: str = "probabilities") -> np.ndarray:
+    """(C,) per-class values of a :class:`cxr_hub.PipelineResult` in class order (``field``: "probabilities" for the
+    patch vote's mean probabilities, "global_probabilities" for the global classifier, "vote_fraction")."""
+    values = getattr(result, field)
+    return np.array([values[c] for c in result.class_names])
+
+
 def compare_precisions(pipe: Any, prepared: Any, k: int, seed: int) -> dict[str, Any]:
     """fp32 vs bf16 analysis of one prepared image (same patches).
 
@@ -82,8 +94,7 @@ def compare_precisions(pipe: Any, prepared: Any, k: int, seed: int) -> dict[str,
         pipe.precision = before
     a, b = results["fp32"], results["bf16"]
     pa, pb = a.patch_probabilities.astype(np.float64), b.patch_probabilities.astype(np.float64)
-    ia = np.array([a.probabilities[c] for c in a.class_names])
-    ib = np.array([b.probabilities[c] for c in b.class_names])
+    ia, ib = image_probabilities(a), image_probabilities(b)
     sal_a, sal_b = a.saliency[a.label], b.saliency.get(a.label)
     return {
         "label_fp32": a.label,
@@ -104,8 +115,7 @@ def _global_comparison(a: Any, b: Any, name: str) -> dict[str, Any]:
     """Label and |Δp| of the global classifier between two results (empty when the pipeline has none)."""
     if a.global_label is None or b.global_label is None:
         return {}
-    ga = np.array([a.global_probabilities[c] for c in a.class_names])
-    gb = np.array([b.global_probabilities[c] for c in b.class_names])
+    ga, gb = image_probabilities(a, "global_probabilities"), image_probabilities(b, "global_probabilities")
     return {
         "global_label_fp32": a.global_label,
         f"global_label_{name}": b.global_label,
@@ -124,7 +134,7 @@ def _global_summary(per_image: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "global_label_agreement": agreement,
         "global_mean_abs_dprob": dprob,
-        "global_passes": bool(agreement >= MIN_LABEL_AGREEMENT and dprob <= MAX_MEAN_ABS_DPROB),
+        "global_passes": passes_rule(agreement, dprob),
     }
 
 
@@ -157,8 +167,7 @@ def compare_end_to_end(pipe: Any, image: Any, k: int, seed: int) -> dict[str, An
     finally:
         pipe.precision, pipe.segmentation_precision = before
     (pa, a), (pb, b) = results["fp32"], results["fast"]
-    ia = np.array([a.probabilities[c] for c in a.class_names])
-    ib = np.array([b.probabilities[c] for c in b.class_names])
+    ia, ib = image_probabilities(a), image_probabilities(b)
     lung_a = np.isin(pa.label_map, (LEFT_LUNG, RIGHT_LUNG))
     lung_b = np.isin(pb.label_map, (LEFT_LUNG, RIGHT_LUNG))
     ctr_a, ctr_b = float(a.biomarkers.cardiothoracic_ratio), float(b.biomarkers.cardiothoracic_ratio)
@@ -207,7 +216,7 @@ def summarise_end_to_end(per_image: list[dict[str, Any]]) -> dict[str, Any]:
         "segment_ms_fast_median": statistics.median(values("segment_ms_fast")),
         "classify_ms_fp32_median": statistics.median(values("classify_ms_fp32")),
         "classify_ms_fast_median": statistics.median(values("classify_ms_fast")),
-        "passes": bool(agreement >= MIN_LABEL_AGREEMENT and dprob <= MAX_MEAN_ABS_DPROB),
+        "passes": passes_rule(agreement, dprob),
         "rule": f"label agreement >= {MIN_LABEL_AGREEMENT} and mean |dp| (image) <= {MAX_MEAN_ABS_DPROB}",
         **_global_summary(per_image),
     }
@@ -235,7 +244,7 @@ def summarise(per_image: list[dict[str, Any]]) -> dict[str, Any]:
         "mean_saliency_max_abs_diff": mean("saliency_max_abs_diff"),
         "classify_ms_fp32_median": statistics.median(r["classify_ms_fp32"] for r in per_image),
         "classify_ms_bf16_median": statistics.median(r["classify_ms_bf16"] for r in per_image),
-        "passes": bool(agreement >= MIN_LABEL_AGREEMENT and dprob <= MAX_MEAN_ABS_DPROB),
+        "passes": passes_rule(agreement, dprob),
         "rule": f"label agreement >= {MIN_LABEL_AGREEMENT} and mean |dp| (patch) <= {MAX_MEAN_ABS_DPROB}",
         **_global_summary(per_image),
     }
@@ -244,7 +253,7 @@ def summarise(per_image: list[dict[str, Any]]) -> dict[str, Any]:
 def comparison_parser(description: str, default_limit: int = 100) -> argparse.ArgumentParser:
     """The options every real-film comparison script shares (models, manifest, split, limit, K, seed, JSON)."""
     from cxr_hub.classification import DEFAULT_SEGMENTATION
-    from cxr_hub.patches import SAMPLING_MODES
+    from cxr_hub.patches import DEFAULT_SAMPLING, SAMPLING_MODES
 
     default_manifest = REPO_ROOT.parent / "shared" / "data" / "cxr" / "manifest.csv"
     parser = argparse.ArgumentParser(description=description)
@@ -261,7 +270,7 @@ def comparison_parser(description: str, default_limit: int = 100) -> argparse.Ar
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--sampling",
-        default="stable",
+        default=DEFAULT_SAMPLING,
         choices=SAMPLING_MODES,
         help="patch sampler of the pipeline (default: %(default)s, the pipeline's default)",
     )

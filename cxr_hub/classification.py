@@ -394,7 +394,7 @@ def evaluate_classification(
     limit: int | None = None,
     device: str | None = None,
     chunk_size: int = 32,
-    sampling: str = "stable",
+    sampling: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Runs the full pipeline on every selected row with a label for ``task`` and writes the evaluation files.
@@ -415,8 +415,8 @@ def evaluate_classification(
         limit: at most this many rows (quick checks).
         device: "cpu" / "cuda" (default: CUDA when available).
         chunk_size: patches per forward pass.
-        sampling: the pipeline's patch sampler (``CXRPipeline(sampling=...)``); recorded with the other pipeline
-            settings under ``"pipeline"`` in ``metrics.json``.
+        sampling: the pipeline's patch sampler (``CXRPipeline(sampling=...)``; None → its default); recorded with
+            the other pipeline settings under ``"pipeline"`` in ``metrics.json``.
         progress: show a tqdm bar.
 
     Returns:
@@ -431,6 +431,7 @@ def evaluate_classification(
     from .evaluation import select_rows
     from .io import CXRInputError
     from .manifest import read_manifest
+    from .patches import DEFAULT_SAMPLING
     from .pipeline import CXRPipeline
 
     if task not in TASKS:
@@ -457,7 +458,7 @@ def evaluate_classification(
         folders["global"][0] if "global" in folders else None,
         device=device,
         chunk_size=chunk_size,
-        sampling=sampling,
+        sampling=sampling or DEFAULT_SAMPLING,
     )
     names = pipe.class_names
     unknown = sorted({r.label(task) for r in rows} - set(names))
@@ -589,7 +590,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: Any) -> None:
     """Registers ``evaluate`` on the top-level CLI."""
-    from .patches import SAMPLING_MODES
+    from .patches import DEFAULT_SAMPLING, SAMPLING_MODES
 
     p = subparsers.add_parser(
         "evaluate",
@@ -620,7 +621,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--sampling",
         choices=SAMPLING_MODES,
-        default="stable",
-        help="patch sampler: stable (default, the pipeline's), joint (as in training) or independent (the authors')",
+        default=DEFAULT_SAMPLING,
+        help="patch sampler (default: %(default)s, the pipeline's): stable, joint (as in training) or independent "
+        "(the authors')",
     )
     p.set_defaults(func=run_evaluate)

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from .io import SUPPORTED_EXTENSIONS, CXRInputError, load_image
-from .patches import SAMPLING_MODES
+from .patches import DEFAULT_SAMPLING, SAMPLING_MODES
 from .preprocessing import preprocess_cxr, resize_image
 from .visualize import heat_overlay, segmentation_overlay
 from .visualize import to_uint8 as _to_uint8
@@ -384,8 +384,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--sampling",
         choices=SAMPLING_MODES,
-        default="stable",
-        help="patch sampler: stable (default), joint (as in training) or independent (the authors' code)",
+        default=DEFAULT_SAMPLING,
+        help="patch sampler (default: %(default)s): stable, joint (as in training) or independent (the authors' code)",
     )
     p.add_argument(
         "--saliency-classes",
@@ -411,8 +411,8 @@ def add_parser(subparsers: Any) -> None:
         "--segmentation-precision",
         choices=("auto", "fp32", "bf16"),
         default="auto",
-        help="segmentation precision (default: auto = bf16 where the classifier uses it and with --sampling stable, "
-        "as validated on real films; fp32 for the network exactly as trained)",
+        help="segmentation precision (default: auto = bf16 where the classifier uses it, with --sampling stable and "
+        "without --global-classifier, as validated on real films; fp32 for the network exactly as trained)",
     )
     p.add_argument("--chunk-size", type=int, default=32, help="patches per forward pass (default: %(default)s)")
     p.set_defaults(func=run_predict)

@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from .models.image_processing_cxr import CXRInputError
 
 SAMPLING_MODES = ("stable", "joint", "independent")
+#: The pipeline's and the command line's sampler (training draws with "joint", see the module docstring).
+DEFAULT_SAMPLING = "stable"
 
 #: Frame positions drawn per step of the stable sampler. Fixed, so the stream a seed produces never depends on the
 #: mask (a block size chosen from the lung area would make the draw mask-dependent again).
@@ -48,6 +50,7 @@ STABLE_BLOCK = 8192
 STABLE_MIN_FRACTION = 1e-5
 
 __all__ = [
+    "DEFAULT_SAMPLING",
     "SAMPLING_MODES",
     "boxes_from_centers",
     "crop_patches",
@@ -91,14 +94,16 @@ def sample_patch_centers(
     m = np.asarray(mask)
     if m.ndim != 2:
         raise ValueError(f"mask must be 2-D (H, W), got shape {m.shape}.")
-    ys, xs = np.nonzero(m)
-    if ys.size == 0:
+    n_lung = int(np.count_nonzero(m))
+    if n_lung == 0:
         raise CXRInputError(
             "No lung found in the mask: there is nowhere to place a patch. Is this a frontal chest X-ray?"
         )
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    if mode == "stable" and ys.size >= STABLE_MIN_FRACTION * m.size:
+    if mode == "stable" and n_lung >= STABLE_MIN_FRACTION * m.size:
+        # needs no list of lung pixels: this is the pipeline's per-analysis path
         return _stable_centers(m.astype(bool, copy=False), int(k), gen)
+    ys, xs = np.nonzero(m)
     if mode in ("joint", "stable"):
         idx = gen.integers(0, ys.size, size=int(k))
         return np.stack([xs[idx], ys[idx]], axis=1).astype(np.int64)

@@ -69,7 +69,7 @@ from .models import (
     PatchClassifierConfig,
     image_processor_for,
 )
-from .patches import SAMPLING_MODES, crop_patches, majority_vote, sample_patch_boxes
+from .patches import DEFAULT_SAMPLING, SAMPLING_MODES, crop_patches, majority_vote, sample_patch_boxes
 from .preprocessing import map_boxes, preprocess_cxr, resize_image, resize_label_map
 from .saliency import gradcam_from_features, normalize_cams, probabilistic_gradcam
 
@@ -445,7 +445,7 @@ class CXRPipeline:
         fuse_batchnorm: bool = True,
         channels_last: bool = True,
         normalize_cams: bool = True,
-        sampling: str = "stable",
+        sampling: str = DEFAULT_SAMPLING,
         min_lung_fraction: float = DEFAULT_MIN_LUNG_FRACTION,
         frame_config: PatchClassifierConfig | None = None,
         reuse_patches: bool = True,
