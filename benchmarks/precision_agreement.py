@@ -1,4 +1,4 @@
-"""Does bf16 autocast change what the patch classifier says? fp32 vs bf16 on real chest X-rays.
+"""Does bf16 (or int8) change what the patch classifier says? fp32 vs the faster arithmetic on real chest X-rays.
 
 The pipeline may classify patches under bf16 autocast only where that leaves the answers unchanged: the same final
 label as fp32 on at least 99 % of real images and a mean absolute probability difference of at most 0.01. This script
@@ -35,6 +35,11 @@ Usage::
 With ``--global-classifier`` the global classifier's label and image probabilities are compared too (``global_*``
 fields), under the same rule but reported apart: it sees the whole masked image, so it reacts to the mask's outline
 differently from the patch vote.
+
+With ``--fast int8`` the faster arithmetic is the int8 backbone (:mod:`cxr_hub.quantization`; the classifiers'
+configs must carry a calibration, ``python -m training.calibrate_int8``) instead of bf16, in both modes; the same
+rule decides ``cxr_hub.quantization.INT8_VALIDATED`` (same patches) and ``cxr_hub.pipeline.
+INT8_WITH_BF16_SEGMENTATION_VALIDATED`` (end to end with bf16 segmentation).
 """
 
 from __future__ import annotations
@@ -72,43 +77,55 @@ def image_probabilities(result: Any, field: str = "probabilities") -> np.ndarray
     return np.array([values[c] for c in result.class_names])
 
 
-def compare_precisions(pipe: Any, prepared: Any, k: int, seed: int) -> dict[str, Any]:
-    """fp32 vs bf16 analysis of one prepared image (same patches).
+def compare_precisions(pipe: Any, prepared: Any, k: int, seed: int, fast: str = "bf16") -> dict[str, Any]:
+    """fp32 vs ``fast`` ("bf16" or "int8") analysis of one prepared image (same patches).
 
     Args:
         pipe: a :class:`cxr_hub.CXRPipeline` with a patch classifier (its ``precision`` is restored afterwards).
         prepared: from ``pipe.prepare``.
         k: patches.
         seed: sampler seed.
+        fast: the classifier precision compared with fp32.
 
     Returns:
-        Per-image comparison: both labels, |Δp| statistics, changed patch votes, saliency difference, timings.
+        Per-image comparison: both labels, |Δp| statistics, changed patch votes, saliency differences (max and mean
+        absolute difference and Pearson correlation of the predicted class's eq. 5 map), timings.
     """
     before = pipe.precision
     results = {}
     try:
-        for precision in ("fp32", "bf16"):
+        for precision in ("fp32", fast):
             pipe.precision = precision
             results[precision] = pipe.analyze(prepared, k=k, seed=seed)
     finally:
         pipe.precision = before
-    a, b = results["fp32"], results["bf16"]
+    a, b = results["fp32"], results[fast]
     pa, pb = a.patch_probabilities.astype(np.float64), b.patch_probabilities.astype(np.float64)
     ia, ib = image_probabilities(a), image_probabilities(b)
     sal_a, sal_b = a.saliency[a.label], b.saliency.get(a.label)
     return {
         "label_fp32": a.label,
-        "label_bf16": b.label,
+        f"label_{fast}": b.label,
         "same_label": a.label == b.label,
         "mean_abs_dprob_patch": float(np.abs(pa - pb).mean()),
         "max_abs_dprob_patch": float(np.abs(pa - pb).max()),
         "mean_abs_dprob_image": float(np.abs(ia - ib).mean()),
         "vote_changes": int((pa.argmax(1) != pb.argmax(1)).sum()),
         "saliency_max_abs_diff": float(np.abs(sal_a - sal_b).max()) if sal_b is not None else None,
+        "saliency_mean_abs_diff": float(np.abs(sal_a - sal_b).mean()) if sal_b is not None else None,
+        "saliency_correlation": _correlation(sal_a, sal_b) if sal_b is not None else None,
         "classify_ms_fp32": a.timings["classify"],
-        "classify_ms_bf16": b.timings["classify"],
-        **_global_comparison(a, b, "bf16"),
+        f"classify_ms_{fast}": b.timings["classify"],
+        **_global_comparison(a, b, fast),
     }
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson correlation of two maps (None when one is constant)."""
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    if a.std() == 0 or b.std() == 0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 def _global_comparison(a: Any, b: Any, name: str) -> dict[str, Any]:
@@ -143,14 +160,15 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float | None:
     return None if total == 0 else 2.0 * float((a & b).sum()) / total
 
 
-def compare_end_to_end(pipe: Any, image: Any, k: int, seed: int) -> dict[str, Any]:
-    """All-fp32 pipeline against the fast path (bf16 segmentation and classifier) on one image.
+def compare_end_to_end(pipe: Any, image: Any, k: int, seed: int, fast: str = "bf16") -> dict[str, Any]:
+    """All-fp32 pipeline against the fast path (bf16 segmentation, ``fast`` classifier) on one image.
 
     Args:
         pipe: a :class:`cxr_hub.CXRPipeline` with a patch classifier (its precisions are restored afterwards).
         image: anything ``pipe.prepare`` accepts.
         k: patches.
         seed: sampler seed.
+        fast: the classifier precision of the fast path ("bf16" or "int8").
 
     Returns:
         Per-image comparison: labels, image-level |Δp|, lung / heart Dice of the label maps, |ΔCTR|, timings.
@@ -160,7 +178,7 @@ def compare_end_to_end(pipe: Any, image: Any, k: int, seed: int) -> dict[str, An
     before = (pipe.precision, pipe.segmentation_precision)
     results = {}
     try:
-        for name, (cls_p, seg_p) in (("fp32", ("fp32", "fp32")), ("fast", ("bf16", "bf16"))):
+        for name, (cls_p, seg_p) in (("fp32", ("fp32", "fp32")), ("fast", (fast, "bf16"))):
             pipe.precision, pipe.segmentation_precision = cls_p, seg_p
             prepared = pipe.prepare(image)
             results[name] = (prepared, pipe.analyze(prepared, k=k, seed=seed))
@@ -189,7 +207,7 @@ def compare_end_to_end(pipe: Any, image: Any, k: int, seed: int) -> dict[str, An
     }
 
 
-def summarise_end_to_end(per_image: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise_end_to_end(per_image: list[dict[str, Any]], fast: str = "bf16") -> dict[str, Any]:
     """Averages of :func:`compare_end_to_end` records and the verdict against the rule (image-level |Δp|)."""
     n = len(per_image)
     if n == 0:
@@ -202,7 +220,8 @@ def summarise_end_to_end(per_image: list[dict[str, Any]]) -> dict[str, Any]:
     dprob = float(statistics.fmean(values("mean_abs_dprob_image")))
     return {
         "n": n,
-        "comparison": "all fp32 vs bf16 segmentation + bf16 classifier with folded batch norms",
+        "comparison": "all fp32 vs bf16 segmentation + "
+        + ("bf16 classifier with folded batch norms" if fast == "bf16" else f"{fast} classifier"),
         "label_agreement": agreement,
         "mean_abs_dprob_image": dprob,
         "max_abs_dprob_image": max(values("max_abs_dprob_image")),
@@ -222,7 +241,7 @@ def summarise_end_to_end(per_image: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def summarise(per_image: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise(per_image: list[dict[str, Any]], fast: str = "bf16") -> dict[str, Any]:
     """Averages of :func:`compare_precisions` records and the verdict against the rule."""
     n = len(per_image)
     if n == 0:
@@ -242,8 +261,13 @@ def summarise(per_image: list[dict[str, Any]]) -> dict[str, Any]:
         "mean_abs_dprob_image": mean("mean_abs_dprob_image"),
         "mean_vote_changes": mean("vote_changes"),
         "mean_saliency_max_abs_diff": mean("saliency_max_abs_diff"),
+        "mean_saliency_mean_abs_diff": mean("saliency_mean_abs_diff"),
+        "mean_saliency_correlation": mean("saliency_correlation"),
+        "min_saliency_correlation": min(
+            (r["saliency_correlation"] for r in per_image if r.get("saliency_correlation") is not None), default=None
+        ),
         "classify_ms_fp32_median": statistics.median(r["classify_ms_fp32"] for r in per_image),
-        "classify_ms_bf16_median": statistics.median(r["classify_ms_bf16"] for r in per_image),
+        f"classify_ms_{fast}_median": statistics.median(r[f"classify_ms_{fast}"] for r in per_image),
         "passes": passes_rule(agreement, dprob),
         "rule": f"label agreement >= {MIN_LABEL_AGREEMENT} and mean |dp| (patch) <= {MAX_MEAN_ABS_DPROB}",
         **_global_summary(per_image),
@@ -332,6 +356,12 @@ def main(argv: list[str] | None = None) -> int:
         help="compare end to end: all fp32 vs bf16 segmentation + bf16 classifier (folded batch norms)",
     )
     parser.add_argument(
+        "--fast",
+        default="bf16",
+        choices=("bf16", "int8"),
+        help="the classifier arithmetic compared with fp32 (int8 needs a calibrated classifier, x86 CPU)",
+    )
+    parser.add_argument(
         "--global-classifier",
         help="also compare this global classifier's label and probabilities (the same rule, reported apart)",
     )
@@ -340,24 +370,34 @@ def main(argv: list[str] | None = None) -> int:
     if rows is None:
         return 2
     pipe = CXRPipeline.from_pretrained(
-        args.segmentation, args.classifier, args.global_classifier, device="cpu", sampling=args.sampling
+        args.segmentation,
+        args.classifier,
+        args.global_classifier,
+        device="cpu",
+        sampling=args.sampling,
+        precision=args.fast,  # builds the int8 networks now, not inside the first timed analysis
     )
     records: list[dict[str, Any]] = []
     start = time.time()
-    for row in tqdm(rows, desc="fp32 vs bf16", unit="img"):
+    for row in tqdm(rows, desc=f"fp32 vs {args.fast}", unit="img"):
         try:
             if args.segmentation_bf16:
-                record = compare_end_to_end(pipe, row.image, args.k, args.seed)
+                record = compare_end_to_end(pipe, row.image, args.k, args.seed, args.fast)
             else:
-                record = compare_precisions(pipe, pipe.prepare(row.image), args.k, args.seed)
+                record = compare_precisions(pipe, pipe.prepare(row.image), args.k, args.seed, args.fast)
         except CXRInputError as exc:
             tqdm.write(f"skipped {row.id}: {exc}")
             continue
         record["id"] = row.id
         records.append(record)
-    summary = summarise_end_to_end(records) if args.segmentation_bf16 else summarise(records)
+    summary = summarise_end_to_end(records, args.fast) if args.segmentation_bf16 else summarise(records, args.fast)
     write_report(
-        summary, records, args, global_classifier=args.global_classifier, seconds=round(time.time() - start, 1)
+        summary,
+        records,
+        args,
+        fast=args.fast,
+        global_classifier=args.global_classifier,
+        seconds=round(time.time() - start, 1),
     )
     return 0
 

@@ -405,7 +405,11 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available, else cpu")
     p.add_argument(
-        "--precision", choices=("auto", "fp32", "bf16"), default="auto", help="classifier precision (default: auto)"
+        "--precision",
+        choices=("auto", "fp32", "bf16", "int8"),
+        default="auto",
+        help="classifier precision (default: auto = int8 on x86 CPUs with int8 dot products for calibrated "
+        "classifiers, else bf16 where the CPU or GPU has it, else fp32; int8: CPU only, needs a calibrated config)",
     )
     p.add_argument(
         "--segmentation-precision",

@@ -54,7 +54,7 @@ from torch import nn
 from .io import load_image
 from .loading import UnsafeCheckpointError, allow_pickle_from_env, load_model
 from .models import LABEL_SETS
-from .pipeline import PRECISIONS, CXRPipeline, PipelineResult, PreparedImage
+from .pipeline import CLASSIFIER_PRECISIONS, CXRPipeline, PipelineResult, PreparedImage
 from .preprocessing import resize_image
 from .visualize import (
     BOX_COLOUR,
@@ -417,9 +417,10 @@ class CXRApp:
                     glob = None
             except Exception as exc:
                 errors.append(f"could not load the global classifier {src.global_classifier}: {_short(exc)}")
-        precision = self.environ.get(PRECISION_ENV, "auto")  # auto: bf16 where the CPU has it (validated)
-        if precision not in PRECISIONS:
-            errors.append(f"{PRECISION_ENV}={precision!r} ignored: use one of {', '.join(PRECISIONS)}")
+        # auto: int8 or bf16 where the CPU has it and it was validated on real films (see CXRPipeline)
+        precision = self.environ.get(PRECISION_ENV, "auto")
+        if precision not in CLASSIFIER_PRECISIONS:
+            errors.append(f"{PRECISION_ENV}={precision!r} ignored: use one of {', '.join(CLASSIFIER_PRECISIONS)}")
             precision = "auto"
         try:
             # no classifier → segmentation-only pipeline: its frame follows the paper's PatchClassifierConfig()

@@ -30,7 +30,9 @@ Rules (see :mod:`cxr_hub.patches` and :mod:`cxr_hub.saliency` for the functions)
   (used when present) and on CPUs with native bf16 (AMX or AVX512-BF16) with bf16 autocast, elsewhere in fp32;
   channels_last throughout. On that bf16 path the classifiers run with their batch norms folded into the
   convolutions (:mod:`cxr_hub.fusion`); the fp32 path runs them exactly as loaded. bf16 on the CPU was validated
-  against fp32 on 100 real test films with the shipped classifier (``benchmarks/precision_agreement.py``).
+  against fp32 on 100 real test films with the shipped classifier (``benchmarks/precision_agreement.py``). On x86
+  CPUs with int8 dot products (VNNI, AMX) a classifier whose config carries an int8 calibration runs its backbone in
+  int8 instead (:mod:`cxr_hub.quantization`), once that too was validated on real films (:data:`INT8_VALIDATED`).
 * Saliency costs no backward pass: for the GAP + linear head, Grad-CAM maps follow from the voting pass's layer4
   features (:func:`cxr_hub.saliency.gradcam_from_features`); the un-normalised maps of every class are kept from
   that pass (K x C x 7 x 7 floats), so no second forward pass is needed for any requested class.
@@ -71,6 +73,7 @@ from .models import (
 )
 from .patches import DEFAULT_SAMPLING, SAMPLING_MODES, crop_patches, majority_vote, sample_patch_boxes
 from .preprocessing import map_boxes, preprocess_cxr, resize_image, resize_label_map
+from .quantization import INT8_VALIDATED, Int8CalibrationError, cpu_has_int8, quantize_int8
 from .saliency import gradcam_from_features, normalize_cams, probabilistic_gradcam
 
 __all__ = [
@@ -83,7 +86,10 @@ __all__ = [
     "PreparedImage",
 ]
 
+#: Segmentation precisions (and the classifier's, which may also be "int8": :data:`CLASSIFIER_PRECISIONS`).
 PRECISIONS = ("auto", "fp32", "bf16")
+#: Classifier precisions: "int8" runs the backbone quantised (CPU, :mod:`cxr_hub.quantization`).
+CLASSIFIER_PRECISIONS = (*PRECISIONS, "int8")
 #: "exact": every patch cropped and classified (the paper); "dense": one fully convolutional pass over the frame,
 #: each patch read from its feature window (:mod:`cxr_hub.dense`; experimental: it failed the agreement bar).
 VOTING_MODES = ("exact", "dense")
@@ -94,6 +100,10 @@ VOTING_MODES = ("exact", "dense")
 #: ``docs/results/segmentation_bf16_agreement_label4.json``). That check covers the patch classifier; the global
 #: classifier changed 4 of 172 test labels with bf16 masks, so "auto" keeps fp32 when one is loaded.
 SEGMENTATION_BF16_VALIDATED = True
+#: Whether "auto" segmentation may use bf16 in front of an int8 patch classifier: set only after the end-to-end check
+#: of that combination against all-fp32 met the same rule (``benchmarks/precision_agreement.py --segmentation-bf16
+#: --fast int8``, ``docs/results/int8_end_to_end_label4.json``).
+INT8_WITH_BF16_SEGMENTATION_VALIDATED = True
 
 #: Below this share of the image segmented as lung, a result is flagged as unreliable.
 DEFAULT_MIN_LUNG_FRACTION = 0.05
@@ -391,14 +401,20 @@ class CXRPipeline:
         device: "cpu", "cuda", a torch.device, or None for CUDA when available, else CPU. The models are moved there
             (and converted to channels_last when ``channels_last``), in place.
         chunk_size: patches per forward pass; bounds memory (activations of ``chunk_size`` patches at a time).
-        precision: classifier precision: "auto" (bf16 autocast on CUDA and on CPUs with native bf16 — AMX or
-            AVX512-BF16, see :func:`cpu_has_bf16` — else fp32), "fp32", or "bf16" (autocast on any device; slow
-            where the CPU emulates bf16). On the CPU, bf16 (with the batch norms folded, see ``fuse_batchnorm``)
-            gave the same label as fp32 on 100 of 100 real test films with a mean |Δp| of 0.0003
-            (``docs/results/precision_agreement_label4.json``).
+        precision: classifier precision: "auto", "fp32", "bf16" (autocast on any device; slow where the CPU
+            emulates bf16) or "int8" (CPU only: the backbone quantised from the calibration in the classifier's
+            config, :mod:`cxr_hub.quantization`; the head and Grad-CAM stay fp32; exact voting only). "auto": int8
+            on CPUs with int8 dot products (:func:`cxr_hub.quantization.cpu_has_int8`) for a classifier with a
+            calibration, once :data:`cxr_hub.quantization.INT8_VALIDATED`; else bf16 autocast on CUDA and on CPUs
+            with native bf16 (AMX or AVX512-BF16, see :func:`cpu_has_bf16`); else fp32. Decided per classifier
+            (``settings()`` says what each runs in, and why int8 was not possible). On the CPU, bf16 (with the
+            batch norms folded, see ``fuse_batchnorm``) gave the same label as fp32 on 100 of 100 real test films
+            with a mean |Δp| of 0.0003 (``docs/results/precision_agreement_label4.json``); int8: see
+            ``docs/results/int8_agreement_label4.json``.
         segmentation_precision: the segmentation network's precision, same choices. Its label map decides where
             every patch goes, so "auto" turns bf16 on only where it was validated end to end on real films (see
-            :data:`SEGMENTATION_BF16_VALIDATED`): on the devices where ``precision="auto"`` uses bf16, only with
+            :data:`SEGMENTATION_BF16_VALIDATED`): on the devices where ``precision="auto"`` uses bf16 (in front of
+            an int8 classifier only once :data:`INT8_WITH_BF16_SEGMENTATION_VALIDATED`), only with
             ``sampling="stable"`` (with the other samplers a mask that differs by a few pixels moves every patch,
             and bf16 failed the check), and only without a global classifier (the global model sees the mask's
             outline in its whole-image input: bf16 masks changed 4 of its 172 test labels). Set "fp32" for the
@@ -450,9 +466,10 @@ class CXRPipeline:
         frame_config: PatchClassifierConfig | None = None,
         reuse_patches: bool = True,
     ) -> None:
-        for name, value in (("precision", precision), ("segmentation_precision", segmentation_precision)):
-            if value not in PRECISIONS:
-                raise ValueError(f"{name} must be one of {PRECISIONS}, got {value!r}.")
+        if precision not in CLASSIFIER_PRECISIONS:
+            raise ValueError(f"precision must be one of {CLASSIFIER_PRECISIONS}, got {precision!r}.")
+        if segmentation_precision not in PRECISIONS:
+            raise ValueError(f"segmentation_precision must be one of {PRECISIONS}, got {segmentation_precision!r}.")
         if voting not in VOTING_MODES:
             raise ValueError(f"voting must be one of {VOTING_MODES}, got {voting!r}.")
         if sampling not in SAMPLING_MODES:
@@ -486,6 +503,8 @@ class CXRPipeline:
         self.fuse_batchnorm = bool(fuse_batchnorm)
         #: id(model) → (model, its batch-norm-folded copy or None when nothing could be folded)
         self._folded: dict[int, tuple[nn.Module, nn.Module | None]] = {}
+        #: id(model) → (model, its int8 network or None, why not: "" when built)
+        self._int8: dict[int, tuple[nn.Module, nn.Module | None, str]] = {}
         self.channels_last = bool(channels_last)
         self.normalize_cams = bool(normalize_cams)
         self.sampling = sampling
@@ -498,6 +517,66 @@ class CXRPipeline:
         #: the classifier frame's processor (from :attr:`frame_config`); also in segmentation-only mode
         self.frame_processor = image_processor_for(self.frame_config)
         self.global_processor = image_processor_for(self.global_config) if self.global_config else None
+        self._build_int8_networks()
+
+    def _classifiers(self) -> list[tuple[str, nn.Module]]:
+        named = [("classifier", self.classifier_model), ("global classifier", self.global_classifier)]
+        return [(name, model) for name, model in named if model is not None]
+
+    def _build_int8_networks(self) -> None:
+        """Quantises the classifiers now when int8 is requested or "auto" may use it, so the first analysis does not
+        pay for it (1-3 s per model on a 2-core CPU) and a bad calibration fails at load, not mid-request."""
+        if self.precision == "int8":
+            if self.device.type != "cpu":
+                raise ValueError(f"precision 'int8' runs on the CPU only; this pipeline's device is {self.device}.")
+            if self.voting == "dense":
+                raise ValueError(
+                    "precision 'int8' is validated for exact patch voting only; use voting='exact' or precision "
+                    "'auto'/'bf16'/'fp32' with dense voting."
+                )
+            for name, model in self._classifiers():
+                _, network, reason = self._int8_entry(model, name)
+                if network is None:
+                    raise Int8CalibrationError(reason)
+        elif self.precision == "auto" and self._int8_auto_possible():
+            for name, model in self._classifiers():
+                self._int8_entry(model, name)
+
+    def _int8_auto_possible(self) -> bool:
+        return INT8_VALIDATED and self.device.type == "cpu" and cpu_has_int8()
+
+    def _int8_entry(self, model: nn.Module, name: str = "classifier") -> tuple[nn.Module, nn.Module | None, str]:
+        """The model's int8 network (built once), or None and the reason it cannot have one."""
+        entry = self._int8.get(id(model))
+        if entry is None or entry[0] is not model:
+            try:
+                if getattr(model.config, "int8_calibration", None) is None:
+                    raise Int8CalibrationError(
+                        f"The {name}'s config has no int8 calibration (config.int8_calibration). Calibrate it on "
+                        "training films with `python -m training.calibrate_int8 --classifier FOLDER`, or use precision "
+                        "'bf16' or 'fp32'."
+                    )
+                entry = (model, quantize_int8(model, name=name), "")
+            except (Int8CalibrationError, RuntimeError) as exc:
+                entry = (model, None, str(exc))
+            self._int8[id(model)] = entry
+        return entry
+
+    def _arithmetic(self, model: nn.Module | None, dense: bool = False) -> str:
+        """What a classifier runs in on this pipeline: "int8", "bf16" or "fp32".
+
+        "int8" when requested, or under "auto" on CPUs with int8 dot products (:func:`cxr_hub.quantization.
+        cpu_has_int8`) for a model whose config carries a calibration; never for dense voting (its agreement was
+        measured in bf16). Otherwise bf16 where :meth:`_uses_bf16` says so, else fp32.
+        """
+        wants_int8 = self.precision == "int8" or (self.precision == "auto" and self._int8_auto_possible())
+        if model is not None and not dense and self.device.type == "cpu" and wants_int8:
+            if self._int8_entry(model)[1] is not None:
+                return "int8"
+            if self.precision == "int8":
+                raise Int8CalibrationError(self._int8_entry(model)[2])
+        precision = "auto" if self.precision == "int8" else self.precision
+        return "bf16" if self._uses_bf16(precision) else "fp32"
 
     @property
     def classifier_processor(self) -> CXRImageProcessor:
@@ -560,8 +639,9 @@ class CXRPipeline:
 
         Returns:
             JSON-ready dict: device, sampling, voting, chunk size, classifier and segmentation precision (the
-            option and what it resolved to here, "bf16" or "fp32"), batch-norm folding, channels_last, Grad-CAM
-            normalisation.
+            option and what it resolved to here: "int8", "bf16" or "fp32", for the patch and the global classifier),
+            batch-norm folding, channels_last, Grad-CAM normalisation, and ``int8_unavailable``: why a classifier
+            could not run in int8 where the precision asked for it (e.g. no calibration in its config).
         """
         return {
             "device": str(self.device),
@@ -569,12 +649,20 @@ class CXRPipeline:
             "voting": self.voting,
             "chunk_size": self.chunk_size,
             "precision": self.precision,
-            "classifier_arithmetic": "bf16" if self._uses_bf16(self.precision) else "fp32",
+            "classifier_arithmetic": self._arithmetic(self.classifier_model) if self.classifier_model else None,
+            "global_classifier_arithmetic": (
+                self._arithmetic(self.global_classifier) if self.global_classifier is not None else None
+            ),
             "segmentation_precision": self.segmentation_precision,
             "segmentation_arithmetic": "bf16" if self._segmentation_uses_bf16() else "fp32",
             "fuse_batchnorm": self.fuse_batchnorm,
             "channels_last": self.channels_last,
             "normalize_cams": self.normalize_cams,
+            "int8_unavailable": {
+                name: self._int8[id(model)][2]
+                for name, model in self._classifiers()
+                if id(model) in self._int8 and self._int8[id(model)][1] is None
+            },
         }
 
     def _uses_bf16(self, precision: str) -> bool:
@@ -589,19 +677,28 @@ class CXRPipeline:
                 and self.sampling == "stable"
                 and self.global_classifier is None
                 and self._uses_bf16("auto")
+                and (INT8_WITH_BF16_SEGMENTATION_VALIDATED or self._arithmetic(self.classifier_model) != "int8")
             )
         return self._uses_bf16(self.segmentation_precision)
 
-    def _autocast(self, enabled: bool | None = None) -> contextlib.AbstractContextManager[Any]:
-        """bf16 autocast when ``enabled`` (default: the classifier precision resolves to bf16), else nothing."""
-        if not (self._uses_bf16(self.precision) if enabled is None else enabled):
+    def _autocast(self, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast when ``enabled``, else nothing."""
+        if not enabled:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
-    def _runtime_model(self, model: nn.Module, input_size: int) -> nn.Module:
-        """The network a classifier call runs: its batch-norm-folded copy on the bf16 path, else the model itself."""
-        if not (self.fuse_batchnorm and self._uses_bf16(self.precision)):
-            return model
+    def _runtime_model(self, model: nn.Module, input_size: int, dense: bool = False) -> tuple[nn.Module, bool]:
+        """The network a classifier call runs, and whether to run it under bf16 autocast.
+
+        int8: the quantised network (:mod:`cxr_hub.quantization`); bf16: the batch-norm-folded copy (when
+        ``fuse_batchnorm``); fp32: the model itself.
+        """
+        arithmetic = self._arithmetic(model, dense=dense)
+        if arithmetic == "int8":
+            return self._int8_entry(model)[1], False
+        bf16 = arithmetic == "bf16"
+        if not (self.fuse_batchnorm and bf16):
+            return model, bf16
         entry = self._folded.get(id(model))
         if entry is None or entry[0] is not model:
             channels = int(getattr(getattr(model, "config", None), "num_channels", 1))
@@ -610,7 +707,7 @@ class CXRPipeline:
             folded, n = fold_batchnorm(model, example, forward="forward_features")
             entry = (model, self._place(folded) if n else None)
             self._folded[id(model)] = entry
-        return entry[1] if entry[1] is not None else model
+        return (entry[1] if entry[1] is not None else model), True
 
     @property
     def class_names(self) -> list[str]:
@@ -750,7 +847,7 @@ class CXRPipeline:
             Grad-CAM maps (after ReLU) of every class, on the pipeline's device.
         """
         model, cfg = self._require_classifier("classify patches")
-        model = self._runtime_model(model, cfg.input_size)
+        model, bf16 = self._runtime_model(model, cfg.input_size)
         frame_t = torch.as_tensor(frame, dtype=torch.float32).to(self.device)
         weight = model.classifier.weight.detach().float()
         all_classes = list(range(cfg.num_labels))
@@ -760,7 +857,7 @@ class CXRPipeline:
                 x = crop_patches(frame_t, boxes[start : start + self.chunk_size], cfg.input_size)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with self._autocast():
+                with self._autocast(bf16):
                     features = model.forward_features(x)
                     logits = model.forward_head(features)
                 probs.append(torch.softmax(logits.float(), dim=-1))
@@ -782,7 +879,7 @@ class CXRPipeline:
             Like :meth:`classify_patches`: float32 (K, C) probabilities on the CPU and (K, C, 7, 7) raw maps.
         """
         model, cfg = self._require_classifier("classify patches")
-        model = self._runtime_model(model, cfg.input_size)
+        model, bf16 = self._runtime_model(model, cfg.input_size, dense=True)
         frame_side = prepared.frame.shape[0]
         side, cell, window = dense_geometry(frame_side, patch_size, cfg.input_size)
         key = ("dense", id(self.classifier_model), self.precision, self.fuse_batchnorm, int(patch_size))
@@ -795,7 +892,7 @@ class CXRPipeline:
                 )
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode(), self._autocast():
+            with torch.inference_mode(), self._autocast(bf16):
                 features = model.forward_features(x).float()
             prepared.remember(key, features)
         _, origins = snap_boxes(boxes, cell, features.shape[-1], window, patch_size)
@@ -1023,14 +1120,14 @@ class CXRPipeline:
         """Global classifier on the whole masked image, with ordinary Grad-CAM upsampled to the original size."""
         assert self.global_classifier is not None and self.global_config is not None and self.global_processor
         model, cfg, proc = self.global_classifier, self.global_config, self.global_processor
-        model = self._runtime_model(model, cfg.input_size)
+        model, bf16 = self._runtime_model(model, cfg.input_size)
         pre = self._preprocessed(prepared.image, proc, prepared.preprocessed, prepared.preprocess_params)
         mask = prepared.lung_mask if getattr(cfg, "lung_masked", True) else None
         x = torch.from_numpy(proc.frame_from_preprocessed(pre, mask))[None, None].to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            with self._autocast():
+            with self._autocast(bf16):
                 features = model.forward_features(x)
                 logits = model.forward_head(features)
             probs = torch.softmax(logits.float(), dim=-1)[0].cpu().numpy()

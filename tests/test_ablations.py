@@ -188,6 +188,26 @@ def test_every_run_has_one_budget_and_its_factor():
         if run.fraction < 1.0:
             assert config.draws_per_epoch == ablations.FULL_TRAIN_IMAGES
         assert config.run_dir == f"runs/ablation/{run.name}"
+        assert config.segmentation == (
+            ablations.SHIPPED_SEGMENTATION if run.segmentation == "fcdensenet103" else run.segmentation_model
+        )
+
+
+def test_a_segmentation_run_trains_its_network_first(tmp_path, monkeypatch):
+    from training import train_segmentation as ts
+
+    monkeypatch.setattr(ablations, "RUNS", tmp_path / "runs")
+    run = ablations.BY_NAME["seg_unet"]
+    seg_cmd, clf_cmd = run.commands()
+    config, _ = ts.parse_config(seg_cmd[3:])
+    assert (config.arch, config.epochs, config.max_minutes, config.num_threads) == ("unet", 8, 55.0, 1)
+    assert config.out == str(tmp_path / "runs" / "seg-unet" / "export") == run.segmentation_model
+    assert clf_cmd[2] == "training.train_classifier" and clf_cmd[clf_cmd.index("--segmentation") + 1] == config.out
+    # once the network exists only the classifier runs; the reference uses the shipped network
+    (tmp_path / "runs" / "seg-unet" / "export").mkdir(parents=True)
+    (tmp_path / "runs" / "seg-unet" / "export" / "model.safetensors").write_bytes(b"x")
+    assert [c[2] for c in run.commands()] == ["training.train_classifier"]
+    assert "--segmentation" not in ablations.BY_NAME["patch224"].commands()[0]
 
 
 def _fake_run(root: Path, name: str, correct: list[bool], accuracy_ci=(0.5, 0.7)) -> None:
@@ -223,8 +243,20 @@ def test_collect_writes_tables_paired_tests_and_plots(tmp_path, monkeypatch):
     _fake_run(tmp_path / "runs", "patch10", reference)
     _fake_run(tmp_path / "runs", "global100", reference)
     _fake_run(tmp_path / "runs", "global10", [True] * 10 + [False] * 10)
+    _fake_run(tmp_path / "runs", "seg_unet", [True] * 14 + [False] * 6)
+    seg_export = tmp_path / "runs" / "seg-unet" / "export"
+    seg_export.mkdir(parents=True)
+    seg_summary = {
+        "epochs_run": 8,
+        "best_epoch": 7,
+        "best_validation": {"jaccard": {"lung": {"mean": 0.9312}, "heart": {"mean": 0.8123}}},
+    }
+    (seg_export / "training_config.json").write_text(
+        json.dumps({"config": {"arch": "unet", "max_minutes": 55.0, "num_threads": 1}, "summary": seg_summary})
+    )
     report = ablations.collect(tmp_path / "out", tmp_path / "fig")
-    assert {r["name"] for r in report["results"]} == {"patch224", "patch448", "patch10", "global100", "global10"}
+    names = {"patch224", "patch448", "patch10", "global100", "global10", "seg_unet"}
+    assert {r["name"] for r in report["results"]} == names
     assert "nomask" in report["missing"]
     paired = report["paired_vs_reference"]
     assert (paired["patch448"]["a_only"], paired["patch448"]["b_only"]) == (0, 12)
@@ -237,6 +269,9 @@ def test_collect_writes_tables_paired_tests_and_plots(tmp_path, monkeypatch):
     assert "0 vs 12, p = 0.00049***" in tables
     assert "global, 10 % of training patients | 63 | 50.0" in tables
     assert "Not finished: " in tables and "nomask" in tables
+    assert "### Segmentation network feeding the classifier (Table XIV)" in tables
+    assert "U-Net masks (8 epochs, JSRT val. Jaccard lung 0.931 / heart 0.812)" in tables
+    assert paired["seg_unet"]["a_only"] + paired["seg_unet"]["b_only"] >= 1
     assert (tmp_path / "fig" / "ablation_training_size.png").stat().st_size > 1000
     assert (tmp_path / "fig" / "ablation_patch_size_mask.png").stat().st_size > 1000
     assert json.loads((tmp_path / "out" / "ablations.json").read_text())["plots"] == {

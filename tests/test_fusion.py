@@ -97,16 +97,16 @@ def test_the_bf16_path_uses_the_folded_copy(tiny_fcdensenet_config, tiny_classif
     image = synthetic_cxr(np.random.default_rng(0), 200, 180)
     pipe = _pipe(tiny_fcdensenet_config, classifier, precision="bf16")
     fast = pipe(image, k=8, seed=0)
-    folded = pipe._runtime_model(pipe.classifier_model, tiny_classifier_config.input_size)
-    assert folded is not pipe.classifier_model
+    folded, bf16 = pipe._runtime_model(pipe.classifier_model, tiny_classifier_config.input_size)
+    assert folded is not pipe.classifier_model and bf16
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
-    assert pipe._runtime_model(pipe.classifier_model, tiny_classifier_config.input_size) is folded  # built once
+    assert pipe._runtime_model(pipe.classifier_model, tiny_classifier_config.input_size)[0] is folded  # built once
     plain = _pipe(tiny_fcdensenet_config, classifier, precision="bf16", fuse_batchnorm=False)(image, k=8, seed=0)
     # same patches, bf16 rounding apart
     np.testing.assert_allclose(fast.patch_probabilities, plain.patch_probabilities, atol=0.05)
     np.testing.assert_array_equal(fast.patch_boxes_1024, plain.patch_boxes_1024)
     pipe.precision = "fp32"
-    assert pipe._runtime_model(pipe.classifier_model, 64) is pipe.classifier_model
+    assert pipe._runtime_model(pipe.classifier_model, 64) == (pipe.classifier_model, False)
 
 
 def test_segmentation_precision_is_checked_and_applied(tiny_fcdensenet_config, tiny_classifier_config):

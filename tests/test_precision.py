@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from conftest import REPO_ROOT, synthetic_cxr
 from test_pipeline import PatternSegmenter, _classifier, chest_labels
 
@@ -21,11 +20,11 @@ def test_auto_precision_follows_the_cpu(monkeypatch, tiny_fcdensenet_config, tin
     monkeypatch.setattr(pipeline_module, "cpu_has_bf16", lambda: native)
     seg = PatternSegmenter(tiny_fcdensenet_config, chest_labels)
     pipe = CXRPipeline(seg, _classifier(tiny_classifier_config), device="cpu")
-    with pipe._autocast():
-        assert torch.is_autocast_enabled("cpu") is native
+    assert pipe._runtime_model(pipe.classifier_model, 32)[1] is native
+    assert pipe.settings()["classifier_arithmetic"] == ("bf16" if native else "fp32")
     fp32 = CXRPipeline(seg, _classifier(tiny_classifier_config), device="cpu", precision="fp32")
-    with fp32._autocast():
-        assert not torch.is_autocast_enabled("cpu")
+    assert fp32._runtime_model(fp32.classifier_model, 32)[1] is False
+    assert fp32.settings()["classifier_arithmetic"] == "fp32"
     image = synthetic_cxr(np.random.default_rng(0), 200, 180)
     a, b = pipe(image, k=12, seed=1), fp32(image, k=12, seed=1)
     np.testing.assert_allclose(a.patch_probabilities, b.patch_probabilities, atol=0.05)
@@ -55,6 +54,23 @@ def test_bf16_agrees_with_fp32_on_real_films(cxr_data):
     records = [compare_precisions(pipe, pipe.prepare(r.image), k=100, seed=0) for r in rows]
     assert all(r["same_label"] for r in records)
     assert np.mean([r["mean_abs_dprob_patch"] for r in records]) <= MAX_MEAN_ABS_DPROB
+
+
+@pytest.mark.slow
+def test_int8_agrees_with_fp32_on_real_films(cxr_data):
+    """The rule for the int8 classifier, re-checked on 6 test-split films with the same patches (the full check: 100
+    films, ``benchmarks/precision_agreement.py --fast int8``)."""
+    from cxr_hub.quantization import int8_available
+
+    if not int8_available():
+        pytest.skip("this PyTorch build has no x86 quantised engine")
+    pipe, rows = _shipped_pipeline_and_test_films(cxr_data, 6)
+    from precision_agreement import MAX_MEAN_ABS_DPROB, compare_precisions
+
+    records = [compare_precisions(pipe, pipe.prepare(r.image), k=100, seed=0, fast="int8") for r in rows]
+    assert all(r["same_label"] for r in records)
+    assert np.mean([r["mean_abs_dprob_patch"] for r in records]) <= MAX_MEAN_ABS_DPROB
+    assert min(r["saliency_correlation"] for r in records) > 0.9
 
 
 @pytest.mark.slow

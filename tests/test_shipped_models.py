@@ -125,3 +125,15 @@ def test_shipped_patch_classifier_on_an_example():
     assert sum(r.votes.values()) == 20 and r.label in r.votes and r.global_label in r.votes
     assert any("tuberculosis" in w for w in r.warnings)  # the untrained class is flagged
     assert 0.0 <= r.saliency_in_lung[r.label] <= 1.0
+
+
+def test_shipped_remote_code_is_the_package_source():
+    """Each shipped folder's Python files (run by ``trust_remote_code`` users) are byte copies of ``cxr_hub/models``:
+    a config field added to the package (e.g. ``int8_calibration``) reaches Hub users too."""
+    folders = [p for p in sorted((REPO_ROOT / "models").glob("*")) if (p / "config.json").is_file()]
+    if not folders:
+        pytest.skip("shipped models absent")
+    for folder in folders:
+        for path in folder.glob("*.py"):
+            source = REPO_ROOT / "cxr_hub" / "models" / path.name
+            assert path.read_bytes() == source.read_bytes(), f"{path} differs from {source}: re-export or copy it"

@@ -11,6 +11,12 @@ predictions). Every run shares one recipe and one budget, so runs differ only in
 * **Training-set size** (Fig. 12): 100 / 50 / 30 / 10 % of each class's training patients (nested subsets), for the
   patch and the global classifier. ``draws_per_epoch`` stays at the full set's size, so every run takes the same
   number of optimiser steps whatever its data.
+* **Segmentation network** (Table XIV): U-Net and FC-DenseNet67 trained on JSRT/SCR with the shipped recipe at a
+  reduced budget (``SEGMENTATION_BUDGET``: at most 8 epochs and 55 minutes on one thread), each feeding its own lung
+  masks to a classifier trained at ``BUDGET``; the reference is ``patch224``, whose masks come from the shipped
+  FC-DenseNet103 (18 epochs, 100 minutes on two threads: a larger budget, stated in the table with each network's
+  validation Jaccard). A pending run trains its segmentation network first (``runs/ablation/seg-ARCH``), then the
+  classifier builds that network's frame cache (the cache key hashes the segmentation weights).
 
 Budget (``BUDGET``): from scratch (no ImageNet here), Adam lr 3e-4, no L1, 12 epochs of 80 steps of 16 patches in
 patch mode (960 steps) and 24 epochs of 40 steps of 16 images in global mode (960 steps), validation votes over 10
@@ -32,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -67,6 +74,32 @@ BUDGET: tuple[str, ...] = (
     "0",
 )
 PATCH_EPOCHS, GLOBAL_EPOCHS = 12, 24
+#: Recipe of the Table XIV segmentation networks (train_segmentation CLI options; the rest is the shipped recipe).
+SEGMENTATION_BUDGET: tuple[str, ...] = ("--epochs", "8", "--max-minutes", "55", "--num-threads", "1", "--seed", "0")
+#: The shipped segmentation network (the reference runs' masks).
+SHIPPED_SEGMENTATION = "models/cxr-lung-seg-fcdensenet103"
+
+
+def segmentation_dir(arch: str) -> Path:
+    """Folder of an ablation's segmentation network (its exported model is ``export/`` inside)."""
+    return RUNS / f"seg-{arch}"
+
+
+def segmentation_command(arch: str) -> list[str]:
+    """The train_segmentation command of an ablation's segmentation network."""
+    run_dir = segmentation_dir(arch)
+    return [
+        sys.executable,
+        "-m",
+        "training.train_segmentation",
+        "--arch",
+        arch,
+        *SEGMENTATION_BUDGET,
+        "--run-dir",
+        str(run_dir),
+        "--out",
+        str(run_dir / "export"),
+    ]
 
 
 @dataclass(frozen=True)
@@ -80,6 +113,8 @@ class Ablation:
         patch_size: patch side cut from the 1024 frame.
         lung_mask: train on lung-masked frames.
         fraction: share of training patients.
+        segmentation: architecture of the segmentation network whose masks the run uses ("fcdensenet103": the
+            shipped model; others are trained by the run at ``SEGMENTATION_BUDGET``).
         extra: further train_classifier options.
     """
 
@@ -89,7 +124,15 @@ class Ablation:
     patch_size: int = 224
     lung_mask: bool = True
     fraction: float = 1.0
+    segmentation: str = "fcdensenet103"
     extra: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def segmentation_model(self) -> str:
+        """Folder of the segmentation model whose lung masks this run trains and tests on."""
+        if self.segmentation == "fcdensenet103":
+            return SHIPPED_SEGMENTATION
+        return str(segmentation_dir(self.segmentation) / "export")
 
     def args(self) -> list[str]:
         """The train_classifier command-line options of this run."""
@@ -101,8 +144,19 @@ class Ablation:
             out.append("--no-lung-mask")
         if self.fraction < 1.0:
             out += ["--train-fraction", str(self.fraction), "--draws-per-epoch", str(FULL_TRAIN_IMAGES)]
+        if self.segmentation != "fcdensenet103":
+            out += ["--segmentation", self.segmentation_model]
         out += ["--run-dir", str(RUNS / self.name), "--out", str(RUNS / self.name / "export"), *self.extra]
         return out
+
+    def commands(self) -> list[list[str]]:
+        """What the run executes, in order: its segmentation network's training when that is missing, then the
+        classifier's."""
+        cmds = []
+        seg = Path(self.segmentation_model)
+        if self.segmentation != "fcdensenet103" and not (seg / "model.safetensors").is_file():
+            cmds.append(segmentation_command(self.segmentation))
+        return [*cmds, [sys.executable, "-m", "training.train_classifier", *self.args()]]
 
 
 #: Every run; ``patch224`` and ``global100`` are the references the others are compared with.
@@ -118,6 +172,8 @@ ABLATIONS: tuple[Ablation, ...] = (
     Ablation("global30", "train_fraction", mode="global", fraction=0.3),
     Ablation("patch50", "train_fraction", fraction=0.5),
     Ablation("global50", "train_fraction", mode="global", fraction=0.5),
+    Ablation("seg_fcdn67", "segmentation", segmentation="fcdensenet67"),
+    Ablation("seg_unet", "segmentation", segmentation="unet"),
 )
 BY_NAME = {a.name: a for a in ABLATIONS}
 
@@ -142,12 +198,14 @@ def launch(runs: Sequence[Ablation], jobs: int, dry_run: bool = False) -> int:
     while pending or active:
         while pending and len(active) < jobs:
             run = pending.pop(0)
-            cmd = [sys.executable, "-m", "training.train_classifier", *run.args()]
-            print(("would run: " if dry_run else "starting: ") + " ".join(cmd), flush=True)
+            # one job slot runs the run's commands one after the other (segmentation network, then classifier)
+            cmd = " && ".join(shlex.join(c) for c in run.commands())
+            print(("would run: " if dry_run else "starting: ") + cmd, flush=True)
             if dry_run:
                 continue
             log = (RUNS / "logs" / f"{run.name}.log").open("wb")
-            active.append((run, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+            proc = subprocess.Popen(["/bin/sh", "-c", cmd], stdout=log, stderr=subprocess.STDOUT, env=env)
+            active.append((run, proc, log))
         for item in list(active):
             run, proc, log = item
             if proc.poll() is not None:
@@ -193,8 +251,29 @@ def load_result(run: Ablation) -> dict[str, Any] | None:
         "epochs_run": summary["epochs_run"],
         "steps": summary["epochs_run"] * summary["steps_per_epoch"],
         "minutes": summary["minutes"],
+        "segmentation": run.segmentation,
+        "segmentation_summary": segmentation_summary(run.segmentation_model),
         "predictions": test.get("predictions"),
         "truth": test.get("truth"),
+    }
+
+
+def segmentation_summary(folder: str | Path) -> dict[str, Any] | None:
+    """Budget and validation Jaccard of a segmentation model from its ``training_config.json`` (None if absent)."""
+    path = Path(folder) / "training_config.json"
+    if not path.is_file():
+        return None
+    final = json.loads(path.read_text())
+    config, summary = final.get("config", {}), final.get("summary", {})
+    jaccard = summary.get("best_validation", {}).get("jaccard", {})
+    return {
+        "arch": config.get("arch"),
+        "epochs_run": summary.get("epochs_run"),
+        "best_epoch": summary.get("best_epoch"),
+        "max_minutes": config.get("max_minutes"),
+        "num_threads": config.get("num_threads"),
+        "val_jaccard_lung": jaccard.get("lung", {}).get("mean"),
+        "val_jaccard_heart": jaccard.get("heart", {}).get("mean"),
     }
 
 
@@ -278,6 +357,12 @@ def setting_name(r: Mapping[str, Any]) -> str:
         return f"patch {r['patch_size']}"
     if r["study"] == "lung_mask":
         return "patch 224, lung-masked" if r["lung_mask"] else "patch 224, no lung mask"
+    if r["study"] == "segmentation":
+        seg = r.get("segmentation_summary") or {}
+        names = {"fcdensenet103": "FC-DenseNet103", "fcdensenet67": "FC-DenseNet67", "unet": "U-Net"}
+        lung, heart = seg.get("val_jaccard_lung"), seg.get("val_jaccard_heart")
+        scores = "" if lung is None else f", JSRT val. Jaccard lung {lung:.3f} / heart {heart:.3f}"
+        return f"{names.get(r['segmentation'], r['segmentation'])} masks ({seg.get('epochs_run', '?')} epochs{scores})"
     return f"{r['mode']}, {round(100 * r['fraction'])} % of training patients"
 
 
@@ -288,6 +373,7 @@ def study_tables(
     order = {
         "patch_size": ["patch112", "patch224", "patch448"],
         "lung_mask": ["patch224", "nomask"],
+        "segmentation": ["patch224", "seg_fcdn67", "seg_unet"],
         "train_fraction": [
             "patch224",
             "patch50",
@@ -396,6 +482,7 @@ def collect(out: Path, figures: Path) -> dict[str, Any]:
         "patch_size": "Patch size (Table XVII)",
         "lung_mask": "With vs without the lung mask (Table XVI)",
         "train_fraction": "Training-set size, patch vs global (Fig. 12)",
+        "segmentation": "Segmentation network feeding the classifier (Table XIV)",
     }
     lines = [
         "<!-- written by `python -m training.ablations collect`; edit the script, not this file -->",

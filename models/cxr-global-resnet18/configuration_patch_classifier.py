@@ -38,6 +38,9 @@ class PatchClassifierConfig(PretrainedConfig):
         trained_classes: classes that had training images (e.g. no tuberculosis in our data); reports flag the rest.
         lung_masked: the network was trained on lung-masked frames (gray level 0 outside the lungs), as in the paper.
             False (the mask ablation): it sees the whole preprocessed frame; patch centres still lie in the lungs.
+        int8_calibration: activation scales and zero points for running the backbone in int8 on x86 CPUs, measured
+            on training films (``cxr_hub.quantization.calibrate_int8``; ``python -m training.calibrate_int8``).
+            None: no int8 path (the pipeline's "auto" precision then uses bf16 or fp32).
     """
 
     model_type = "cxr_patch_classifier"
@@ -60,6 +63,7 @@ class PatchClassifierConfig(PretrainedConfig):
         pretrained_source: str = "timm/resnet18.a1_in1k",
         trained_classes: list[str] | None = None,
         lung_masked: bool = True,
+        int8_calibration: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         if label_set not in LABEL_SETS and kwargs.get("id2label") is None:
@@ -88,6 +92,11 @@ class PatchClassifierConfig(PretrainedConfig):
         self.do_equalize = bool(do_equalize)
         self.pretrained_source = pretrained_source
         self.lung_masked = bool(lung_masked)
+        if int8_calibration is not None and not isinstance(int8_calibration, dict):
+            raise ValueError(
+                f"int8_calibration must be a dict (from calibrate_int8) or None, got {type(int8_calibration)}."
+            )
+        self.int8_calibration = int8_calibration
         default_labels = dict(enumerate(LABEL_SETS.get(label_set, ())))
         super().__init__(**fill_label_maps(kwargs, default_labels))
         self.trained_classes = list(trained_classes) if trained_classes is not None else list(self.label2id)
