@@ -290,6 +290,7 @@ def comparison_parser(description: str, default_limit: int = 100) -> argparse.Ar
     parser.add_argument(
         "--limit", type=int, default=default_limit, help="at most this many images, 0 = all (default: %(default)s)"
     )
+    parser.add_argument("--skip", type=int, default=0, help="leave out the first N selected rows (default: 0)")
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -315,6 +316,7 @@ def selected_rows(args: argparse.Namespace) -> list[Any] | None:
         return None
     if args.split:
         rows = select_rows(rows, args.split_file, args.split)
+    rows = rows[max(args.skip, 0) :]
     rows = rows[: args.limit] if args.limit else rows
     if not rows:
         print("error: no labelled rows selected", file=sys.stderr)
@@ -330,6 +332,7 @@ def write_report(
         classifier=str(args.classifier),
         task=args.task,
         split=args.split,
+        skip=args.skip,
         k=args.k,
         seed=args.seed,
         sampling=args.sampling,

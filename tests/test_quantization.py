@@ -186,11 +186,14 @@ def test_segmentation_auto_bf16_waits_for_the_int8_end_to_end_check(monkeypatch,
         assert settings["segmentation_arithmetic"] == ("bf16" if checked else "fp32")
 
 
-@pytest.mark.parametrize("name", ["cxr-patch-resnet18", "cxr-global-resnet18"])
-def test_shipped_calibrations_match_this_torch(name):
-    """The shipped classifiers carry a calibration that this torch can turn into an int8 network (FX traces the
-    backbone under the activation names the calibration was stored with)."""
-    folder = REPO_ROOT / "models" / name
+def test_shipped_calibrations_match_this_torch():
+    """The shipped label4 patch classifier carries a calibration that this torch can turn into an int8 network (FX
+    traces the backbone under the activation names the calibration was stored with). The global model ships without
+    one: in int8 it kept fp32's label on 169 of 172 test films, below the 99 % rule."""
+    glob = REPO_ROOT / "models" / "cxr-global-resnet18" / "config.json"
+    if glob.is_file():
+        assert json.loads(glob.read_text()).get("int8_calibration") is None
+    folder = REPO_ROOT / "models" / "cxr-patch-resnet18"
     if not (folder / "model.safetensors").is_file():
         pytest.skip("shipped model absent")
     model = PatchClassifierForImageClassification.from_pretrained(folder).eval()
