@@ -277,7 +277,9 @@ def test_collect_writes_tables_paired_tests_and_plots(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "out" / "ablations.json").read_text())["plots"] == {
         "train_fraction": True,
         "settings": True,
+        "segmentation": True,
     }
+    assert (tmp_path / "fig" / "ablation_segmentation.png").stat().st_size > 1000
 
 
 def test_run_skips_finished_runs(tmp_path, monkeypatch, capsys):

@@ -439,17 +439,29 @@ def plot_fractions(by_name: Mapping[str, Mapping[str, Any]], path: Path) -> bool
     return drawn
 
 
-def plot_settings(by_name: Mapping[str, Mapping[str, Any]], path: Path) -> bool:
-    """Bar plot of accuracy and macro F1 (with 95 % CIs) for the patch-size and lung-mask runs."""
+#: Bar plots of :func:`plot_settings`: file name → (title, run → bar label).
+SETTING_PLOTS: dict[str, tuple[str, dict[str, str]]] = {
+    "ablation_patch_size_mask.png": (
+        "Patch size and lung mask (reduced budget, label4 test split)",
+        {"patch112": "patch 112", "patch224": "patch 224\n(masked)", "patch448": "patch 448", "nomask": "no mask"},
+    ),
+    "ablation_segmentation.png": (
+        "Segmentation network feeding the classifier (reduced budget)",
+        {"patch224": "FC-DenseNet103\n(shipped)", "seg_fcdn67": "FC-DenseNet67", "seg_unet": "U-Net"},
+    ),
+}
+
+
+def plot_settings(by_name: Mapping[str, Mapping[str, Any]], path: Path, title: str, labels: Mapping[str, str]) -> bool:
+    """Bar plot of accuracy and macro F1 (with 95 % CIs) for the runs in ``labels`` (run name → bar label)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in ("patch112", "patch224", "patch448", "nomask") if n in by_name]
+    names = [n for n in labels if n in by_name]
     if not names:
         return False
-    labels = {"patch112": "patch 112", "patch224": "patch 224\n(masked)", "patch448": "patch 448", "nomask": "no mask"}
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
     width = 0.38
     for j, key in enumerate(("accuracy", "f1")):
@@ -462,7 +474,7 @@ def plot_settings(by_name: Mapping[str, Mapping[str, Any]], path: Path) -> bool:
     ax.set_ylabel("%")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
-    ax.set_title("Patch size and lung mask (reduced budget, label4 test split)", fontsize=10)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -504,7 +516,12 @@ def collect(out: Path, figures: Path) -> dict[str, Any]:
     (out / "tables.md").write_text("\n".join(lines))
     plots = {
         "train_fraction": plot_fractions(by_name, figures / "ablation_training_size.png"),
-        "settings": plot_settings(by_name, figures / "ablation_patch_size_mask.png"),
+        "settings": plot_settings(
+            by_name, figures / "ablation_patch_size_mask.png", *SETTING_PLOTS["ablation_patch_size_mask.png"]
+        ),
+        "segmentation": plot_settings(
+            by_name, figures / "ablation_segmentation.png", *SETTING_PLOTS["ablation_segmentation.png"]
+        ),
     }
     slim = [{k: v for k, v in r.items() if k not in ("predictions", "truth")} for r in results]
     report = {"budget": list(BUDGET), "results": slim, "paired_vs_reference": comparisons, "missing": missing}
