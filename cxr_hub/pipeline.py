@@ -63,6 +63,7 @@ from torch import nn
 from .biomarkers import LEFT_LUNG, RIGHT_LUNG, Biomarkers, compute_biomarkers
 from .dense import dense_geometry, snap_boxes, window_scores
 from .fusion import fold_batchnorm
+from .hardware import cpuinfo
 from .io import ImageSource, load_image
 from .models import (
     SEGMENTATION_LABELS,
@@ -115,10 +116,7 @@ def cpu_has_bf16() -> bool:
 
     Elsewhere (no ``/proc/cpuinfo``, or a CPU that would emulate bf16) False: "auto" precision then stays fp32.
     """
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    flags = cpuinfo()
     return torch.backends.mkldnn.is_available() and ("avx512_bf16" in flags or "amx_bf16" in flags)
 
 
@@ -1114,16 +1112,36 @@ class CXRPipeline:
             in_lung[names[c]] = _mass_share(m, prepared.lung_mask)
         return saliency, in_lung
 
+    def global_frame(self, prepared: PreparedImage, config: PatchClassifierConfig | None = None) -> np.ndarray:
+        """The whole-image input of a global classifier for a prepared image.
+
+        Args:
+            prepared: from :meth:`prepare`.
+            config: the global classifier's config; None → the loaded global classifier's.
+
+        Returns:
+            (S, S) float32 frame normalised by that config's processor, S = ``config.input_size``; lung-masked unless
+            ``config.lung_masked`` is False.
+
+        Raises:
+            ValueError: no config given and no global classifier loaded.
+        """
+        cfg = config if config is not None else self.global_config
+        if cfg is None:
+            raise ValueError("No global classifier is loaded: pass the global classifier's config.")
+        proc = self.global_processor if cfg is self.global_config else image_processor_for(cfg)
+        pre = self._preprocessed(prepared.image, proc, prepared.preprocessed, prepared.preprocess_params)
+        mask = prepared.lung_mask if getattr(cfg, "lung_masked", True) else None
+        return proc.frame_from_preprocessed(pre, mask)
+
     def _global(
         self, prepared: PreparedImage, requested: list[str]
     ) -> tuple[str, dict[str, float], dict[str, np.ndarray], list[str]]:
         """Global classifier on the whole masked image, with ordinary Grad-CAM upsampled to the original size."""
-        assert self.global_classifier is not None and self.global_config is not None and self.global_processor
-        model, cfg, proc = self.global_classifier, self.global_config, self.global_processor
+        assert self.global_classifier is not None and self.global_config is not None
+        model, cfg = self.global_classifier, self.global_config
         model, bf16 = self._runtime_model(model, cfg.input_size)
-        pre = self._preprocessed(prepared.image, proc, prepared.preprocessed, prepared.preprocess_params)
-        mask = prepared.lung_mask if getattr(cfg, "lung_masked", True) else None
-        x = torch.from_numpy(proc.frame_from_preprocessed(pre, mask))[None, None].to(self.device)
+        x = torch.from_numpy(self.global_frame(prepared))[None, None].to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():

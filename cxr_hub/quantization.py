@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import platform
+import functools
 import warnings
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from .hardware import cpuinfo
 
 __all__ = [
     "INT8_ENGINE",
@@ -73,18 +74,16 @@ def int8_available() -> bool:
     return INT8_ENGINE in torch.backends.quantized.supported_engines
 
 
+@functools.cache
 def cpu_has_int8() -> bool:
     """Whether this CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX-INT8), where int8 pays off.
 
-    Linux only (reads ``/proc/cpuinfo``); False elsewhere, so "auto" precision does not pick int8 where it would
-    run on slow fallback paths.
+    Linux only (reads ``/proc/cpuinfo``, once); False elsewhere, so "auto" precision does not pick int8 where it
+    would run on slow fallback paths.
     """
-    if platform.system() != "Linux" or not int8_available():
+    if not int8_available():
         return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    flags = cpuinfo()
     return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 

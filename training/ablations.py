@@ -439,13 +439,15 @@ def plot_fractions(by_name: Mapping[str, Mapping[str, Any]], path: Path) -> bool
     return drawn
 
 
-#: Bar plots of :func:`plot_settings`: file name → (title, run → bar label).
-SETTING_PLOTS: dict[str, tuple[str, dict[str, str]]] = {
-    "ablation_patch_size_mask.png": (
+#: Bar plots of :func:`plot_settings`: key in ``ablations.json`` → (file name, title, run → bar label).
+SETTING_PLOTS: dict[str, tuple[str, str, dict[str, str]]] = {
+    "settings": (
+        "ablation_patch_size_mask.png",
         "Patch size and lung mask (reduced budget, label4 test split)",
         {"patch112": "patch 112", "patch224": "patch 224\n(masked)", "patch448": "patch 448", "nomask": "no mask"},
     ),
-    "ablation_segmentation.png": (
+    "segmentation": (
+        "ablation_segmentation.png",
         "Segmentation network feeding the classifier (reduced budget)",
         {"patch224": "FC-DenseNet103\n(shipped)", "seg_fcdn67": "FC-DenseNet67", "seg_unet": "U-Net"},
     ),
@@ -516,12 +518,10 @@ def collect(out: Path, figures: Path) -> dict[str, Any]:
     (out / "tables.md").write_text("\n".join(lines))
     plots = {
         "train_fraction": plot_fractions(by_name, figures / "ablation_training_size.png"),
-        "settings": plot_settings(
-            by_name, figures / "ablation_patch_size_mask.png", *SETTING_PLOTS["ablation_patch_size_mask.png"]
-        ),
-        "segmentation": plot_settings(
-            by_name, figures / "ablation_segmentation.png", *SETTING_PLOTS["ablation_segmentation.png"]
-        ),
+        **{
+            key: plot_settings(by_name, figures / filename, title, labels)
+            for key, (filename, title, labels) in SETTING_PLOTS.items()
+        },
     }
     slim = [{k: v for k, v in r.items() if k not in ("predictions", "truth")} for r in results]
     report = {"budget": list(BUDGET), "results": slim, "paired_vs_reference": comparisons, "missing": missing}

@@ -70,12 +70,9 @@ def training_films(manifest: str, split_file: str, task: str, n: int, seed: int)
 def calibration_batches(pipe: Any, model: Any, films: list[Any], patches: int, seed: int) -> Iterator[torch.Tensor]:
     """What ``model`` sees at inference, one film at a time: (patches, 1, S, S) or (1, 1, S, S) normalised input."""
     from cxr_hub.io import CXRInputError
-    from cxr_hub.models import image_processor_for
     from cxr_hub.patches import crop_patches
-    from cxr_hub.preprocessing import preprocess_cxr
 
     cfg = model.config
-    processor = image_processor_for(cfg)
     for row in tqdm(films, desc="calibration films", unit="film"):
         try:
             prepared = pipe.prepare(row.image)
@@ -87,9 +84,7 @@ def calibration_batches(pipe: Any, model: Any, films: list[Any], patches: int, s
             frame = torch.as_tensor(prepared.frame, dtype=torch.float32)
             yield crop_patches(frame, sample.boxes_1024, cfg.input_size)
         else:
-            pre = preprocess_cxr(prepared.image, equalize=processor.do_equalize, gamma=processor.gamma)
-            mask = prepared.lung_mask if getattr(cfg, "lung_masked", True) else None
-            yield torch.from_numpy(processor.frame_from_preprocessed(pre, mask))[None, None]
+            yield torch.from_numpy(pipe.global_frame(prepared, cfg))[None, None]
 
 
 def main(argv: list[str] | None = None) -> int:
