@@ -12,9 +12,14 @@ the science is in :class:`cxr_hub.CXRPipeline`. The engine's names used by the t
 Run ``python app.py`` (``--help`` for options).
 
 Errors: :class:`cxr_hub.CXRInputError` and :class:`~cxr_hub.demo.AppInputError` (messages written for the user)
-become ``gr.Error`` without a traceback. Privacy: only pixel arrays are used; no DICOM header field and no file name
-is shown, logged or written to a report (errors name "the uploaded file", not its path); a session's uploads are
-deleted when its tab closes (:class:`SessionUploads`), and Gradio's ``delete_cache`` purges the rest.
+become ``gr.Error`` without a traceback. An upload that is not a frontal chest X-ray is refused by the pipeline's
+input-validity check (:mod:`cxr_hub.validity`; the app decides nothing itself): the error says what the upload
+looks like and what to upload instead. Every output of the previous image is cleared when a new image is chosen
+and before each analysis, so a refusal never leaves another image's result on screen.
+
+Privacy: only pixels are used; no DICOM header field and no file name is shown, logged or written to a report
+(errors name "the uploaded file", not its path); a session's uploads are deleted when its tab closes
+(:class:`SessionUploads`), and Gradio's ``delete_cache`` purges the rest.
 """
 
 from __future__ import annotations
@@ -39,7 +44,6 @@ from PIL import Image
 
 from cxr_hub import LABEL_SETS, CXRInputError, load_image
 from cxr_hub.demo import (
-    BIOMARKER_REFERENCE,
     COVIDX_MODEL,
     DISPLAY_SIDE,
     K_DEFAULT,
@@ -59,9 +63,9 @@ from cxr_hub.demo import (
     Analysis,
     AppInputError,
     CXRApp,
+    biomarker_panel,
     discover_models,
     display_name,
-    format_number,
     request_timings,
     saliency_images,
     steps,
@@ -93,6 +97,7 @@ __all__ = [  # the UI, plus the engine names re-exported for tests, benchmarks a
     "CXRApp",
     "SessionUploads",
     "build_demo",
+    "cleared_outputs",
     "discover_models",
     "launch_kwargs",
     "main",
@@ -138,19 +143,19 @@ def _summary_markdown(a: Analysis) -> str:
     m, r = a.models, a.result
     if m.mode == "no_models":
         return (
-            "### No trained models are shipped yet\n"
-            "This app needs at least the lung/heart segmentation model (`models/cxr-lung-seg-fcdensenet103`, or "
-            f"`{SEGMENTATION_ENV}`), which is still being trained. Until it exists, nothing is analysed: the image "
+            "### No segmentation model could be loaded\n"
+            "This app needs at least the lung/heart segmentation model (`models/cxr-lung-seg-fcdensenet103` in the "
+            f"repository, or `{SEGMENTATION_ENV}`), and none could be loaded here, so nothing is analysed: the image "
             "above is shown as loaded. Untrained (random) weights are never used to produce a result."
             + "".join(f"\n- {e}" for e in m.errors)
         )
     if r is None:
         return (
-            "### No trained classifier is shipped yet\n"
-            f"The {m.sources.choice}'s classifier has not been trained and published yet, so this app does **not** "
-            "classify the image: no vote, no probabilities and no saliency map (random weights are never used). "
-            f"What you see is real: the segmentation, where the K = {a.k} patches of {a.patch_size} px would be "
-            "taken (same seed → same patches), and the biomarkers."
+            "### No classifier loaded\n"
+            f"The {m.sources.choice}'s classifier was not found or could not be loaded (see *Which models are "
+            "loaded*), so this app does **not** classify the image: no vote, no probabilities and no saliency map "
+            f"(random weights are never used). What you see is real: the segmentation, where the K = {a.k} patches "
+            f"of {a.patch_size} px would be taken (same seed → same patches), and the biomarkers."
         )
     n = r.k
     untrained = m.untrained_classes
@@ -175,55 +180,8 @@ def _summary_markdown(a: Analysis) -> str:
 def _biomarkers_markdown(a: Analysis) -> str:
     if a.prepared is None:
         return "Biomarkers need the segmentation model (not shipped yet)."
-    b = a.prepared.biomarkers
-    rows = [
-        (
-            "cardiothoracic ratio (heart width / thoracic width)",
-            format_number(b.cardiothoracic_ratio),
-            "cardiothoracic_ratio",
-        ),
-        (
-            "lung mean intensity (preprocessed gray level, 0–255)",
-            format_number(b.lung_mean_intensity, ".1f"),
-            "lung_mean_intensity",
-        ),
-        (
-            "lung intensity spread (standard deviation)",
-            format_number(b.lung_std_intensity, ".1f"),
-            "lung_std_intensity",
-        ),
-        (
-            "lung area (share of the image: left / right)",
-            f"{b.lung_area_fraction:.1%} ({b.left_lung_area_fraction:.1%} / {b.right_lung_area_fraction:.1%})",
-            None,
-        ),
-    ]
-    ref = BIOMARKER_REFERENCE
-    classes = list(ref["classes"]) if ref else []
-    head = (
-        "| biomarker | this image | per class on this project's data, mean ± SD ("
-        + " / ".join(display_name(c) for c in classes)
-        + ") |\n|---|---|---|"
-        if ref
-        else "| biomarker | this image | per-class reference |\n|---|---|---|"
-    )
-    body = []
-    for label, value, key in rows:
-        values = ref["values"].get(key) if ref and key else None
-        ref_text = (
-            " / ".join(values.get(c) or "absent" for c in classes) if values else (REFERENCE_PENDING if key else "—")
-        )
-        body.append(f"| {label} | {value} | {ref_text} |")
-    notes = "".join(f"\n- {w}" for w in b.warnings)
-    return (
-        head
-        + "\n"
-        + "\n".join(body)
-        + "\n\nFrom this image's segmentation, in pixels of the original image (square pixels assumed). The paper "
-        "compares such statistics between classes (Tables VI, VII, IX); one image's value says little on its own."
-        + (f"\n\nReference: {ref['description']}" if ref else "")
-        + notes
-    )
+    # ours and the paper's per-class values, in the paper's units: built by the engine (cxr_hub.demo), no Gradio
+    return biomarker_panel(a.prepared.biomarkers)
 
 
 def _details_markdown(a: Analysis) -> str:
@@ -345,6 +303,16 @@ OUTPUT_NAMES = (
 )
 
 
+#: What the summary says while an analysis runs, or after a refusal (the error itself is shown by Gradio).
+CLEARED_SUMMARY = "Choose an image and press **Analyse**."
+
+
+def cleared_outputs() -> tuple:
+    """Empty values for every output of :data:`OUTPUT_NAMES` plus the session state: shown when a new image is
+    chosen and before each analysis, so an error (a refused upload) never leaves the previous image's result."""
+    return (CLEARED_SUMMARY, *([None] * (len(OUTPUT_NAMES) - 1)), None)
+
+
 def _example_rows() -> list[dict[str, str]]:
     path = EXAMPLES_DIR / "examples.csv"
     if not path.is_file():
@@ -370,15 +338,15 @@ def _models_status(engine: CXRApp) -> str:
     for choice in MODEL_CHOICES:
         s = engine.sources(choice)
         # plain words, no emoji: headless browsers and many school computers have no emoji font
-        seg = "segmentation: available" if s.segmentation else "segmentation: **not shipped yet**"
-        clf = "classifier: available" if s.classifier else "classifier: **not trained yet** (no vote, no saliency)"
+        seg = "segmentation: available" if s.segmentation else "segmentation: **not found**"
+        clf = "classifier: available" if s.classifier else "classifier: **not found** (no vote, no saliency)"
         glob = ""
         if MODEL_SPECS[choice].global_env:
-            glob = " · global model: " + ("available" if s.global_classifier else "**not trained yet**")
+            glob = " · global model: " + ("available" if s.global_classifier else "**not found**")
         lines.append(f"- **{choice}:** {seg} · {clf}{glob}")
         lines.extend(f"  - problem: {n}" for n in s.notes)
     if not any(engine.sources(c).segmentation for c in MODEL_CHOICES):
-        lines.insert(0, "**No trained models are shipped yet.** The app starts and explains; it analyses nothing.")
+        lines.insert(0, "**No segmentation model found.** The app starts and explains; it analyses nothing.")
     return "\n".join(lines)
 
 
@@ -401,7 +369,7 @@ def _model_cards(engine: CXRApp) -> str:
             parts.append(f"<details><summary><b>{role}: {src}</b></summary>\n\n{text}\n\n</details>")
     if not parts:
         parts.append(
-            "No model is shipped yet, so there is no model card to show. The cards (intended use, training data, "
+            "No model is loaded here, so there is no model card to show. The cards (intended use, training data, "
             "measured metrics, limitations) come with the weights in `models/<name>/README.md`."
         )
     return "\n\n".join(parts)
@@ -554,7 +522,7 @@ def build_demo(engine: CXRApp | None = None) -> gr.Blocks:
                         elem_id="example-credits",
                     )
             with gr.Column(scale=2):
-                summary_out = gr.Markdown("Choose an image and press **Analyse**.", elem_id="summary")
+                summary_out = gr.Markdown(CLEARED_SUMMARY, elem_id="summary")
                 with gr.Row():
                     seg_out = gr.AnnotatedImage(
                         label="Segmentation and sampled patches",
@@ -627,7 +595,11 @@ def build_demo(engine: CXRApp | None = None) -> gr.Blocks:
         ]
         # one shared concurrency slot for every computing event (per-listener limits would allow parallel runs)
         common = {"concurrency_id": "analysis", "concurrency_limit": CONCURRENCY_LIMIT}
-        run_btn.click(analyze, inputs, outputs, api_name="analyze", **common)
+        # clear first: a refused image raises gr.Error, which would otherwise leave the previous image's outputs
+        run_btn.click(cleared_outputs, None, outputs, api_visibility="private", queue=False).then(
+            analyze, inputs, outputs, api_name="analyze", **common
+        )
+        image_in.change(cleared_outputs, None, outputs, api_visibility="private", queue=False)
         gr.on(
             [k_in.release, patch_in.release, seed_in.submit, class_in.input],
             analyze_live,

@@ -31,6 +31,7 @@ from .preprocessing import (
     resize_image_and_mask,
     resize_label_map,
 )
+from .validity import NotAFrontalCXRError
 
 __version__ = "0.1.0"
 
@@ -45,6 +46,7 @@ __all__ = [
     "CXRPipeline",
     "FCDenseNetConfig",
     "FCDenseNetForSemanticSegmentation",
+    "NotAFrontalCXRError",
     "PatchClassifierConfig",
     "PatchClassifierForImageClassification",
     "PipelineResult",

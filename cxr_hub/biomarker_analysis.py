@@ -14,6 +14,11 @@ Outputs in ``--out``:
 * ``tables.md`` — the tables as markdown, ready to paste into a report.
 * ``scatter_intensity.png`` and ``mean_sd_by_class.png`` — plots like the paper's Fig. 4.
 * ``run_config.json`` — what the CSV was made with; ``--resume`` refuses a CSV made with other settings.
+* with ``--reference-json PATH``: the app's per-class reference file (``cxr_hub/data/biomarker_reference.json``),
+  written from the same report as ``stats.json`` (:func:`write_outputs`).
+
+``--rebuild`` segments nothing: it recomputes ``stats.json``, ``tables.md``, the plots and the reference file from a
+saved run's ``biomarkers.csv`` (:func:`rebuild_from_csv`).
 
 All masks are the model's predictions, never the manifest's reference masks, so every class is measured the same way
 (Cohen images have no reference heart at all): the numbers carry the segmentation model's errors.
@@ -37,6 +42,7 @@ import torch
 
 from .biomarkers import CLASS_BIOMARKERS, CTR_DEFINITION, Biomarkers
 from .classification import json_ready
+from .presets import default_folder
 from .stats import compare_classes, format_mean_sd, normality_markdown, pairwise_markdown, summary_markdown
 
 __all__ = [
@@ -46,12 +52,16 @@ __all__ = [
     "add_parser",
     "biomarker_report",
     "is_ap_supine",
+    "rebuild_from_csv",
+    "reference_description",
+    "reference_from_report",
     "render_tables",
     "run_biomarkers",
+    "write_outputs",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SEGMENTATION = REPO_ROOT / "models" / "cxr-lung-seg-fcdensenet103"
+DEFAULT_SEGMENTATION = default_folder("segmentation")
 TASKS = ("label4", "label3")
 
 #: Every numeric field of :class:`cxr_hub.biomarkers.Biomarkers`, in its order (the CSV's biomarker columns).
@@ -360,6 +370,7 @@ def run_biomarkers(
     device: str | None = None,
     resume: bool = False,
     progress: bool = True,
+    reference_json: str | Path | None = None,
 ) -> dict[str, Any]:
     """Computes the biomarkers of every selected image with a ``task`` label and writes the report files.
 
@@ -377,6 +388,8 @@ def run_biomarkers(
         resume: keep the images already in ``out_dir/biomarkers.csv`` (same manifest, task and model only) and do
             the rest; the CSV ends up with exactly this run's selection.
         progress: show a tqdm bar.
+        reference_json: also write the app's per-class reference file there, from the same report
+            (:func:`write_outputs`).
 
     Returns:
         The dict written to ``stats.json``.
@@ -470,12 +483,14 @@ def run_biomarkers(
                 "limit": limit,
             },
             "views": dict(sorted(Counter(r["view"] or "(empty)" for r in records).items())),
+            "sources": dict(sorted(Counter(r["source"] or "(empty)" for r in records).items())),
             "definitions": {
                 "lung_mean_intensity": "mean gray level of the preprocessed image (histogram equalisation, gamma "
                 f"{pipe.frame_processor.gamma}) inside the predicted lungs, in [0, 255]",
                 "lung_std_intensity": "population standard deviation of the same gray levels",
                 "cardiothoracic_ratio": "max transverse width of the predicted heart / max width across both "
-                "predicted lungs (cxr_hub.biomarkers); undefined (missing) without a segmented heart",
+                f"predicted lungs (cxr_hub.biomarkers: {CTR_DEFINITION}); undefined (missing) without a segmented "
+                "heart",
                 "lung_area_fraction": "predicted lung pixels / image pixels",
                 "mean_sd": "mean ± population SD over the class's images with a finite value",
                 "normality": "scipy.stats.kstest of (x - mean) / sample SD against N(0, 1); normal: p >= 0.05; "
@@ -488,46 +503,173 @@ def run_biomarkers(
             "failures": failures,
         }
     )
-    report = json_ready(report)
-    (out / "stats.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    (out / "tables.md").write_text(render_tables(report))
-    plot_scatter(records, classes, out / "scatter_intensity.png")
-    plot_mean_sd(report, out / "mean_sd_by_class.png")
-    return report
+    return write_outputs(report, out, records=records, reference_json=reference_json)
 
 
-def reference_from_report(report: Mapping[str, Any], description: str) -> dict[str, Any]:
+def write_outputs(
+    report: Mapping[str, Any],
+    out_dir: str | Path,
+    *,
+    records: Sequence[Mapping[str, Any]] | None = None,
+    reference_json: str | Path | None = None,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Writes one report as ``stats.json`` and ``tables.md`` (RESULTS.md's source), the plots, and the app's reference.
+
+    Both files come from the same ``report``, so the per-class numbers the app shows are those of RESULTS.md's tables
+    (``tests/test_app.py`` and ``tests/test_results_tables.py`` check the shipped pair).
+
+    Args:
+        report: :func:`biomarker_report` output with the run's metadata (``task``, ``n_images``, ``model``,
+            ``selection``, ``failures``).
+        out_dir: destination folder (created).
+        records: the per-image records; needed for the scatter plot (no plots without them).
+        reference_json: also write :func:`reference_from_report` there (e.g. ``cxr_hub/data/biomarker_reference.json``).
+        plots: draw ``scatter_intensity.png`` and ``mean_sd_by_class.png``.
+
+    Returns:
+        The JSON-ready report, as written to ``stats.json``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ready = json_ready(dict(report))
+    (out / "stats.json").write_text(json.dumps(ready, indent=2, allow_nan=False) + "\n")
+    (out / "tables.md").write_text(render_tables(ready))
+    if plots and records is not None:
+        plot_scatter(records, ready["classes"], out / "scatter_intensity.png")
+        plot_mean_sd(ready, out / "mean_sd_by_class.png")
+    if reference_json is not None:
+        path = Path(reference_json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ref = reference_from_report(ready)
+        path.write_text(json.dumps(ref, indent=1, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+    return ready
+
+
+def rebuild_from_csv(
+    out_dir: str | Path, *, reference_json: str | Path | None = None, plots: bool = False
+) -> dict[str, Any]:
+    """Recomputes a saved run's statistics from its ``biomarkers.csv`` without segmenting anything again.
+
+    The run's metadata (task, classes, model, selection, failures, definitions) come from its ``stats.json``; every
+    statistic is recomputed from the CSV's per-image values (rounded to 6 digits there, so p-values can move in
+    their 5th digit) and written with :func:`write_outputs`, the app's reference file included.
+
+    Args:
+        out_dir: a ``python -m cxr_hub biomarkers`` output folder with ``biomarkers.csv`` and ``stats.json``.
+        reference_json: also write the app's reference file there.
+        plots: redraw the PNG plots too (off by default: they show the same values and would only change bytes).
+
+    Returns:
+        The new report (as written to ``stats.json``).
+
+    Raises:
+        FileNotFoundError: ``biomarkers.csv`` or ``stats.json`` is missing (run ``python -m cxr_hub biomarkers``).
+        ValueError: the CSV does not have a biomarkers.csv's columns, or holds a label outside the run's classes.
+    """
+    folder = Path(out_dir)
+    csv_path, stats_path = folder / "biomarkers.csv", folder / "stats.json"
+    for path in (csv_path, stats_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: run `python -m cxr_hub biomarkers --out {folder}` first.")
+    old = json.loads(stats_path.read_text())
+    records = list(_read_csv(csv_path).values())
+    report: dict[str, Any] = {k: v for k, v in old.items() if k not in _STAT_KEYS}
+    report.update(biomarker_report(records, old["classes"]))
+    report["n_images"] = len(records)
+    report["views"] = dict(sorted(Counter(r["view"] or "(empty)" for r in records).items()))
+    report["sources"] = dict(sorted(Counter(r["source"] or "(empty)" for r in records).items()))
+    config_path = folder / "run_config.json"
+    if config_path.is_file():
+        # the definition the CSV was measured with, from the run's own record (run_config.json)
+        ctr = json.loads(config_path.read_text()).get("cardiothoracic_ratio")
+        if ctr:
+            report.setdefault("definitions", {})["cardiothoracic_ratio"] = (
+                "max transverse width of the predicted heart / max width across both predicted lungs "
+                f"(cxr_hub.biomarkers: {ctr}); undefined (missing) without a segmented heart"
+            )
+    report["rebuilt_from_csv"] = (
+        "statistics recomputed from biomarkers.csv (values rounded to 6 digits) by "
+        "cxr_hub.biomarker_analysis.rebuild_from_csv"
+    )
+    return write_outputs(report, folder, records=records, reference_json=reference_json, plots=plots)
+
+
+#: Keys of a report that :func:`biomarker_report` computes (the rest is the run's metadata).
+_STAT_KEYS = frozenset({"classes", "absent_classes", "all_views", "excluding_ap_supine", "ap_supine_by_class"})
+
+
+def reference_description(report: Mapping[str, Any]) -> str:
+    """The sentence the app shows under its reference values: what was measured, on what, by which command."""
+    sub = report["all_views"]
+    counts = ", ".join(f"{c} {n}" for c, n in sub["n_by_class"].items() if n)
+    sources = report.get("sources") or {}
+    where = f" from {', '.join(f'{s} {n}' for s, n in sources.items())}" if sources else ""
+    model = Path(str(report.get("model", "?"))).name
+    return (
+        f"{report.get('n_images', sub['n'])} labelled images of this project's data{where} ({counts}); masks from "
+        f"the segmentation model `{model}`, all views (`python -m cxr_hub biomarkers`, the run behind RESULTS.md's "
+        "tables). Our data, not the paper's."
+    )
+
+
+def reference_from_report(report: Mapping[str, Any], description: str | None = None) -> dict[str, Any]:
     """The app's per-class reference values (``cxr_hub/data/biomarker_reference.json``) from a ``stats.json`` report.
 
     Args:
         report: :func:`run_biomarkers` output (``stats.json``).
-        description: one sentence saying where the numbers come from (shown in the app).
+        description: one sentence saying where the numbers come from (shown in the app); default
+            :func:`reference_description`.
 
     Returns:
-        ``{"description", "task", "classes", "n", "values": {biomarker: {class: "mean ± SD" or None}}}`` over all
-        views; an absent class (no images) or a class without values maps to None, never to a number.
+        ``{"description", "task", "classes", "n", "units", "values": {biomarker: {class: "mean ± SD" or None}},
+        "stats": {biomarker: {class: {"n", "mean", "sd"} or None}}}`` over all views; an absent class (no images)
+        or a class without values maps to None, never to a number.
     """
     sub = report["all_views"]
     values: dict[str, dict[str, str | None]] = {}
+    stats: dict[str, dict[str, dict[str, Any] | None]] = {}
     for b, (_, digits) in CLASS_BIOMARKERS.items():
         per_class = sub["biomarkers"][b]["per_class"]
-        values[b] = {
-            c: None
-            if per_class[c].get("absent") or "mean" not in per_class[c]
-            else format_mean_sd(per_class[c], digits)
-            for c in report["classes"]
-        }
+        values[b], stats[b] = {}, {}
+        for c in report["classes"]:
+            s = per_class[c]
+            known = not s.get("absent") and "mean" in s
+            values[b][c] = format_mean_sd(s, digits) if known else None
+            stats[b][c] = {"n": int(s["n"]), "mean": float(s["mean"]), "sd": float(s["sd"])} if known else None
     return {
-        "description": description,
+        "description": description if description is not None else reference_description(report),
         "task": report.get("task"),
         "classes": list(report["classes"]),
         "n": dict(sub["n_by_class"]),
+        "units": dict(REFERENCE_UNITS),
         "values": values,
+        "stats": stats,
     }
+
+
+#: Units of the reference values (the app converts intensities to the paper's [0, 1] scale with cxr_hub.paper).
+REFERENCE_UNITS = {
+    "lung_mean_intensity": "gray level of the preprocessed image, 0-255",
+    "lung_std_intensity": "gray level of the preprocessed image, 0-255",
+    "cardiothoracic_ratio": "ratio",
+    "lung_area_fraction": "share of the image's pixels",
+}
 
 
 def run_biomarkers_command(args: argparse.Namespace) -> int:
     """CLI handler for ``biomarkers``; returns the exit code (2: bad input)."""
+    if args.rebuild:
+        try:
+            report = rebuild_from_csv(args.out, reference_json=args.reference_json, plots=True)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"recomputed the statistics of {report['n_images']} images from {Path(args.out) / 'biomarkers.csv'}")
+        return 0
+    if not args.manifest:
+        print("error: --manifest is required (or --rebuild to recompute a saved run's statistics)", file=sys.stderr)
+        return 2
     try:
         report = run_biomarkers(
             args.manifest,
@@ -540,20 +682,11 @@ def run_biomarkers_command(args: argparse.Namespace) -> int:
             limit=args.limit,
             device=args.device,
             resume=args.resume,
+            reference_json=args.reference_json,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.reference_json:
-        sub = report["all_views"]
-        description = (
-            f"{report['n_images']} labelled images of {Path(args.manifest).resolve().parent.name} "
-            f"({', '.join(f'{c} {n}' for c, n in sub['n_by_class'].items() if n)}), biomarkers from the segmentation "
-            "model, all views (`python -m cxr_hub biomarkers`; tables in RESULTS.md)."
-        )
-        ref = reference_from_report(report, description)
-        Path(args.reference_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.reference_json).write_text(json.dumps(ref, indent=1, ensure_ascii=False) + "\n")
     sub = report["all_views"]
     counts = ", ".join(f"{c} {n}" for c, n in sub["n_by_class"].items())
     print(f"analysed {report['n_images']} images ({counts}); {len(report['failures'])} failed")
@@ -567,7 +700,7 @@ def add_parser(subparsers: Any) -> None:
         "biomarkers",
         help="lung intensity, cardiothoracic ratio and lung area by class, with normality and rank-sum tests",
     )
-    p.add_argument("--manifest", required=True, help="manifest.csv (or its folder); paths relative to it")
+    p.add_argument("--manifest", help="manifest.csv (or its folder); paths relative to it (required unless --rebuild)")
     p.add_argument("--task", default="label4", choices=TASKS, help="class column (default: %(default)s)")
     p.add_argument(
         "--segmentation",
@@ -585,6 +718,12 @@ def add_parser(subparsers: Any) -> None:
         action="store_true",
         help="keep the images already in OUT/biomarkers.csv (made with the same manifest, task and model) and do only "
         "the rest; rows outside this run's selection are dropped from the CSV",
+    )
+    p.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="segment nothing: recompute stats.json, tables.md, the plots (and --reference-json) from "
+        "OUT/biomarkers.csv",
     )
     p.add_argument(
         "--reference-json",

@@ -20,13 +20,19 @@ Conventions (stated in every report's ``notes``):
 * Bootstrap replicates apply the same rules to each resample (macro over the classes present in that resample).
 
 ``evaluate`` runs the full :class:`cxr_hub.CXRPipeline` (segmentation → K lung patches → majority vote) on every
-manifest row with a label for the task and writes ``metrics.json``, ``predictions.csv`` and ``confusion_matrix.png``.
+selected manifest row with a label for the task and writes ``metrics.json``, ``predictions.csv`` and
+``confusion_matrix.png``. Selection, by default: the test split (``classification:test``) of the project's split file
+(:data:`DEFAULT_SPLIT_FILE`, the one the shipped classifiers were trained with) when that file covers the manifest,
+else every row; ``split="all"`` scores every row. Whenever films of the split's train or val part are scored, a
+note says so (in ``metrics.json`` and on stderr): the classifier has seen them. ``limit`` takes a stratified,
+deterministic subset (:func:`stratified_subset`), never the first rows of the manifest.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import sys
@@ -36,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .presets import default_folder
 
 __all__ = [
     "MACRO_METRICS",
@@ -50,16 +58,23 @@ __all__ = [
     "macro_metrics",
     "per_class_metrics",
     "run_evaluate",
+    "stratified_subset",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SEGMENTATION = REPO_ROOT / "models" / "cxr-lung-seg-fcdensenet103"
+DEFAULT_SEGMENTATION = default_folder("segmentation")
 #: Default patch classifier per task (the folders ``training/train_classifier.py`` exports to).
 DEFAULT_CLASSIFIERS: dict[str, Path] = {
-    "label4": REPO_ROOT / "models" / "cxr-patch-resnet18",
-    "label3": REPO_ROOT / "models" / "cxr-patch-resnet18-covidx",
+    "label4": default_folder("label4/patch"),
+    "label3": default_folder("label3/patch"),
 }
 TASKS = ("label4", "label3")
+#: The patient-level split ``training/data.py`` makes once and every training script uses (its ``DEFAULT_SPLIT_FILE``).
+DEFAULT_SPLIT_FILE = REPO_ROOT / "training" / "splits" / "splits_seed0.json"
+#: What ``evaluate`` scores when no split is named and :data:`DEFAULT_SPLIT_FILE` covers the manifest.
+DEFAULT_SPLIT = "classification:test"
+#: ``split`` value that scores every selected row (training films included, with a note).
+ALL_ROWS = "all"
 
 #: The macro metrics of :func:`macro_metrics` (and of the bootstrap CIs), in report order.
 MACRO_METRICS = ("accuracy", "precision", "recall", "f1", "specificity")
@@ -350,6 +365,93 @@ def _model_problem(folder: Path, flag: str, what: str, given: bool) -> str | Non
     return f"{flag} {folder}: not a model folder (no config.json there). Pass a folder written by save_pretrained."
 
 
+def stratified_subset(rows: Sequence[Any], limit: int, task: str) -> list[Any]:
+    """At most ``limit`` rows, the classes in the proportions of ``rows``; deterministic; in the input order.
+
+    Each class gets its share of ``limit`` (largest remainders first, every class at least one row when ``limit``
+    allows), and takes its rows in a fixed pseudo-random order: by the SHA-256 of the row id, so the subset depends
+    neither on the manifest's order (often sorted by source) nor on a seed, and adding rows changes it little.
+
+    Args:
+        rows: manifest rows (with ``id`` and ``label(task)``).
+        limit: the number of rows wanted (>= 1).
+        task: the label column ("label4" / "label3").
+
+    Returns:
+        The chosen rows, in the order of ``rows``; all of them when there are at most ``limit``.
+    """
+    if limit >= len(rows):
+        return list(rows)
+    by_class: dict[str, list[Any]] = defaultdict(list)
+    for row in rows:
+        by_class[row.label(task)].append(row)
+    classes = sorted(by_class)
+    exact = {c: limit * len(by_class[c]) / len(rows) for c in classes}
+    quota = {c: math.floor(exact[c]) for c in classes}
+    for c in sorted(classes, key=lambda c: (quota[c] > 0, -(exact[c] - quota[c]), c)):
+        if sum(quota.values()) >= limit:
+            break
+        quota[c] += 1  # classes left empty first, then the largest remainders
+    chosen: set[int] = set()
+    for c in classes:
+        ranked = sorted(by_class[c], key=lambda r: hashlib.sha256(str(r.id).encode()).hexdigest())
+        chosen.update(id(r) for r in ranked[: quota[c]])
+    return [r for r in rows if id(r) in chosen]
+
+
+def _split_selection(
+    rows: Sequence[Any], split_file: str | Path | None, split: str | None
+) -> tuple[list[Any], dict[str, Any], list[str]]:
+    """The rows ``evaluate`` scores, a record of how they were chosen, and notes for the report.
+
+    See the module docstring for the rules. The notes say when every row is scored and how many scored films the
+    classifier saw in training (the split's train and val parts).
+
+    Raises:
+        ValueError: a named split without a readable split file, or a malformed split.
+    """
+    from .evaluation import select_rows
+
+    file = Path(split_file) if split_file is not None else DEFAULT_SPLIT_FILE
+    splits: dict[str, dict[str, str]] | None = None
+    if file.is_file():
+        try:
+            splits = json.loads(file.read_text())["splits"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{file.name} is not a split file made by training/data.py ({exc}).") from exc
+    elif split_file is not None:
+        raise FileNotFoundError(f"--split-file {file.name}: no such file.")
+    named = split not in (None, ALL_ROWS)
+    if named and splits is None:
+        raise ValueError(f"--split {split} needs a split file, and {file.name} does not exist: pass --split-file.")
+    group = (split if named else DEFAULT_SPLIT).partition(":")[0]
+    assigned = (splits or {}).get(group) or {}
+    notes: list[str] = []
+    if named:
+        used: str | None = split
+        chosen = select_rows(rows, file, split)
+    elif split == ALL_ROWS:
+        used, chosen = ALL_ROWS, list(rows)
+    elif any(r.id in assigned for r in rows):
+        used, chosen = DEFAULT_SPLIT, select_rows(rows, file, DEFAULT_SPLIT)
+    else:
+        used, chosen = None, list(rows)
+        why = "does not cover this manifest" if splits is not None else "does not exist"
+        notes.append(
+            f"no split selected: {file.name} {why}, so every labelled row is scored (pass --split-file and --split "
+            "to score a held-out part)"
+        )
+    seen = sum(assigned.get(r.id) in ("train", "val") for r in chosen)
+    if seen:
+        notes.append(
+            f"{seen} of the scored films are in the train or val part of {file.name}, the data the classifier was "
+            f"trained and selected on: these numbers overstate accuracy on new films (the default --split "
+            f"{DEFAULT_SPLIT} scores held-out patients only)"
+        )
+    info = {"split": used, "split_file": str(file) if splits is not None else None, "training_films_scored": seen}
+    return chosen, info, notes
+
+
 def _plot_confusion(matrix: np.ndarray, labels: Sequence[str], title: str, path: Path) -> None:
     """Saves an annotated confusion-matrix heat map (rows true, columns predicted)."""
     import matplotlib
@@ -408,11 +510,12 @@ def evaluate_classification(
         global_classifier: optional global classifier folder; its metrics go under ``"global"``.
         k: patches per image (the paper: 100).
         seed: patch sampler seed (the pipeline's; same seed → same patches per image).
-        split_file: split JSON (``training/splits/...``) for ``split``.
-        split: ``GROUP:NAME`` such as ``classification:test``.
+        split_file: split JSON (``training/splits/...``) for ``split``; None: :data:`DEFAULT_SPLIT_FILE`.
+        split: ``GROUP:NAME`` such as ``classification:test``; ``"all"``: every row; None: :data:`DEFAULT_SPLIT`
+            when the split file covers the manifest, else every row (with a note).
         sources: only rows of these sources.
         n_boot: bootstrap resamples for ``ci95``.
-        limit: at most this many rows (quick checks).
+        limit: at most this many rows, a stratified deterministic subset (:func:`stratified_subset`).
         device: "cpu" / "cuda" (default: CUDA when available).
         chunk_size: patches per forward pass.
         sampling: the pipeline's patch sampler (``CXRPipeline(sampling=...)``; None → its default); recorded with
@@ -447,9 +550,12 @@ def evaluate_classification(
     if problems:
         raise FileNotFoundError("; ".join(problems))
 
-    rows = [r for r in select_rows(read_manifest(manifest), split_file, split, sources) if r.label(task)]
+    if limit is not None and int(limit) < 1:
+        raise ValueError(f"--limit {limit}: must be at least 1 (or left out to score every selected image).")
+    labelled = [r for r in select_rows(read_manifest(manifest), sources=sources) if r.label(task)]
+    rows, split_info, selection_notes = _split_selection(labelled, split_file, split)
     if limit:
-        rows = rows[: int(limit)]
+        rows = stratified_subset(rows, int(limit), task)
     if not rows:
         raise ValueError(f"No rows to evaluate: the selection has no images with a {task} label.")
     pipe = CXRPipeline.from_pretrained(
@@ -532,15 +638,17 @@ def evaluate_classification(
             "trained_classes": list(pipe.classifier_config.trained_classes),
             "selection": {
                 "manifest": str(manifest),
-                "split": split,
+                **split_info,
                 "sources": sorted(sources) if sources else None,
                 "limit": limit,
+                "limit_method": "stratified by label, rows in SHA-256 order of their id" if limit else None,
             },
             "failures": failures,
         }
     )
     if failures:
         metrics["notes"].append(f"{len(failures)} image(s) could not be analysed and are not counted (see failures)")
+    metrics["notes"].extend(selection_notes)
     metrics = json_ready(metrics)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     with (out / "predictions.csv").open("w", newline="") as f:
@@ -582,6 +690,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(json.dumps(brief, indent=2))
     for note in metrics["notes"]:
         print(f"note: {note}")
+    if metrics["selection"]["training_films_scored"]:
+        # where the numbers are not held-out, say it where it cannot be missed (stdout may go to a file)
+        print(
+            f"warning: {metrics['selection']['training_films_scored']} scored film(s) are training or validation "
+            "films of the classifier; see the notes in metrics.json",
+            file=sys.stderr,
+        )
     if metrics["failures"]:
         print(f"warning: {len(metrics['failures'])} image(s) failed (listed in metrics.json)")
     print(f"wrote {Path(args.out) / 'metrics.json'}, predictions.csv and confusion_matrix.png")
@@ -590,7 +705,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: Any) -> None:
     """Registers ``evaluate`` on the top-level CLI."""
-    from .patches import DEFAULT_SAMPLING, SAMPLING_MODES
+    from .commands import sampling_mode
 
     p = subparsers.add_parser(
         "evaluate",
@@ -611,18 +726,29 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--k", type=int, default=100, help="patches per image (default: %(default)s, as the paper)")
     p.add_argument("--seed", type=int, default=0, help="patch sampler and bootstrap seed (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--split-file", help="split JSON from training/data.py")
-    p.add_argument("--split", help="GROUP:NAME from the split file, e.g. classification:test")
+    p.add_argument(
+        "--split-file",
+        help="split JSON from training/data.py (default: training/splits/splits_seed0.json, the project's split)",
+    )
+    p.add_argument(
+        "--split",
+        help=f"GROUP:NAME from the split file (default: {DEFAULT_SPLIT} when the split file covers the manifest, "
+        f"else every row); '{ALL_ROWS}': every row, training films included (with a warning)",
+    )
     p.add_argument("--source", action="append", help="only rows of this source (repeatable)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for ci95 (default: %(default)s)")
-    p.add_argument("--limit", type=int, help="evaluate at most this many images (quick checks)")
+    p.add_argument(
+        "--limit",
+        type=int,
+        help="evaluate at most this many images, a stratified (by label) deterministic subset (quick checks)",
+    )
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--chunk-size", type=int, default=32, help="patches per forward pass (default: %(default)s)")
     p.add_argument(
         "--sampling",
-        choices=SAMPLING_MODES,
-        default=DEFAULT_SAMPLING,
-        help="patch sampler (default: %(default)s, the pipeline's): stable, joint (as in training) or independent "
-        "(the authors')",
+        type=sampling_mode,
+        default=None,
+        help="patch sampler (default: the pipeline's, stable): stable, joint (as in training) or independent (the "
+        "authors')",
     )
     p.set_defaults(func=run_evaluate)

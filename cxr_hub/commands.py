@@ -2,11 +2,18 @@
 
 ``predict`` runs on one image (result.json + overlay PNGs in a folder) or, when IMAGE is a folder or ``--out`` ends
 in ``.csv``, on every image of a folder as a batch: one CSV row per image, appended and fsync'ed as a whole line the
-moment the image is done, so a killed run loses at most the image in progress and ``--resume`` continues it.
+moment the image is done, so a killed run loses at most the image in progress and ``--resume`` continues it (and
+refuses a CSV made with another K, patch size or seed, whose rows would not be comparable).
 
 Privacy of batch results: a row names its image by the file name only (no directory, no DICOM header field), since
 the file name is the only link from a result back to its image; file names that carry patient names must be
-pseudonymised before the run (documented in the README).
+pseudonymised before the run (documented in the README). A file name that is not valid UTF-8 (Linux allows any
+bytes in a name) is written with each undecodable byte as a ``\\xNN`` escape (``bad\\xffname.jpg``), as Python's
+``backslashreplace`` writes it; ``--resume`` matches that escaped form.
+
+Every option is checked and the input is found (and, for one image, read) before a model is loaded or a file is
+written: a typo costs a one-line error, not a model load, and never leaves a half-made output behind. torch,
+transformers and the pipeline are imported inside the functions that need them, so the CLI starts fast.
 """
 
 from __future__ import annotations
@@ -24,26 +31,88 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from PIL import Image
-
-from .io import SUPPORTED_EXTENSIONS, CXRInputError, load_image
-from .patches import DEFAULT_SAMPLING, SAMPLING_MODES
-from .preprocessing import preprocess_cxr, resize_image
-from .visualize import heat_overlay, segmentation_overlay
-from .visualize import to_uint8 as _to_uint8
+from .presets import default_folder
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from .io import CXRInputError
     from .pipeline import CXRPipeline
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SEGMENTATION = REPO_ROOT / "models" / "cxr-lung-seg-fcdensenet103"
-DEFAULT_CLASSIFIER = REPO_ROOT / "models" / "cxr-patch-resnet18"
+DEFAULT_SEGMENTATION = default_folder("segmentation")
+DEFAULT_CLASSIFIER = default_folder("label4/patch")
+
+#: ``preprocess --size`` bounds: below 32 px nothing of a lung is left; above 4096 px the segmentation input would be
+#: larger than any film (and 100000 asks for 40 GB).
+PREPROCESS_SIZES = (32, 4096)
+#: ``preprocess --gamma`` upper bound (the paper uses 0.5; 1 = none); 0 and negative exponents are undefined on black.
+MAX_GAMMA = 10.0
+
+
+def sampling_mode(value: str) -> str:
+    """argparse ``type`` of ``--sampling``: a patch sampler name of :data:`cxr_hub.patches.SAMPLING_MODES`.
+
+    A type rather than ``choices``: the list lives with torch in :mod:`cxr_hub.patches`, which is imported only when
+    the option is given, so parsing a command line stays fast.
+    """
+    from .patches import SAMPLING_MODES
+
+    if value not in SAMPLING_MODES:
+        raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {', '.join(SAMPLING_MODES)})")
+    return value
+
+
+def default_sampling() -> str:
+    """The pipeline's default patch sampler (``--sampling`` left out)."""
+    from .patches import DEFAULT_SAMPLING
+
+    return DEFAULT_SAMPLING
+
+
+def _escape(text: str) -> str:
+    """``text`` as valid UTF-8: a file name's undecodable bytes (lone surrogates on Linux) become ``\\xNN``."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that is not an escaped byte: Python's own \\udXXX escape
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _row_name(path: Path) -> str:
+    """A file's name as rows and messages write it: undecodable bytes become ``\\xNN`` (see the module docstring)."""
+    return _escape(path.name)
+
+
+def _source_name(path: str | Path) -> str:
+    """How messages name an input file: by its name only (directory names can carry patient names too); a folder
+    given where a file is wanted is not named at all (its own name can be a patient's)."""
+    return "IMAGE" if Path(path).is_dir() else f"File '{_row_name(Path(path))}'"
+
+
+def _preprocess_problem(args: argparse.Namespace) -> str | None:
+    """A one-line message naming the first invalid ``preprocess`` option, else None."""
+    low, high = PREPROCESS_SIZES
+    if not low <= args.size <= high:
+        return f"--size {args.size}: must be from {low} to {high} pixels (the segmentation input side; paper: 256)."
+    if not (math.isfinite(args.gamma) and 0 < args.gamma <= MAX_GAMMA):
+        return f"--gamma {args.gamma:g}: must be above 0 and at most {MAX_GAMMA:g} (paper: 0.5; 1 = no correction)."
+    return None
 
 
 def run_preprocess(args: argparse.Namespace) -> int:
     """Writes the loaded image, its preprocessed version and the 256x256 segmentation input as PNGs + a JSON."""
-    image = load_image(args.image)
+    problem = _preprocess_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    import numpy as np
+    from PIL import Image
+
+    from .io import load_image
+    from .preprocessing import preprocess_cxr, resize_image
+    from .visualize import to_uint8 as _to_uint8
+
+    image = load_image(args.image, source_name=_source_name(args.image))
     pre = preprocess_cxr(image, equalize=not args.no_equalize, gamma=None if args.gamma == 1 else args.gamma)
     seg_input = resize_image(pre, args.size)
     out = Path(args.out)
@@ -92,8 +161,10 @@ def _safe_name(name: str) -> str:
 def _name_only(exc: CXRInputError, path: str | Path) -> CXRInputError:
     """The error with the input's path cut to its file name: directory names can carry patient names too, and
     stderr often ends up in a log."""
+    from .io import CXRInputError
+
     full = Path(path).expanduser()
-    return CXRInputError(str(exc).replace(str(full), full.name))
+    return CXRInputError(str(exc).replace(str(full), _row_name(full)))
 
 
 def is_batch(image: str | Path, out: str | Path) -> bool:
@@ -101,8 +172,61 @@ def is_batch(image: str | Path, out: str | Path) -> bool:
     return Path(image).is_dir() or str(out).lower().endswith(".csv")
 
 
+def batch_csv_path(out: str | Path) -> Path:
+    """The CSV a batch writes: ``--out`` itself when it ends in .csv, else ``results.csv`` in that folder."""
+    path = Path(out)
+    return path if path.suffix.lower() == ".csv" else path / BATCH_CSV_NAME
+
+
+def predict_option_problem(args: argparse.Namespace) -> str | None:
+    """A one-line message naming the first invalid ``predict`` option that needs no model to check, else None."""
+    checks = (
+        ("--k", args.k, 1, "the number of patches"),
+        ("--patch-size", args.patch_size, 1, "a patch side in pixels"),
+        ("--seed", args.seed, 0, "the patch sampler's seed"),
+        ("--chunk-size", args.chunk_size, 1, "patches per forward pass"),
+    )
+    for flag, value, low, what in checks:
+        if value is not None and value < low:
+            return f"{flag} {value}: must be at least {low} ({what})."
+    return None
+
+
+def _pipeline_option_problem(pipe: CXRPipeline, args: argparse.Namespace) -> str | None:
+    """A one-line message for an option that only the loaded classifier can check (patch size, saliency class)."""
+    side = int(pipe.classifier_config.image_size)
+    if args.patch_size is not None and args.patch_size > side:
+        return f"--patch-size {args.patch_size}: must be at most the classifier frame side, {side}."
+    try:
+        pipe.resolve_classes(args.saliency_classes, 0)
+    except ValueError as exc:
+        return f"--saliency-classes {args.saliency_classes}: {exc}"
+    return None
+
+
 def run_predict(args: argparse.Namespace) -> int:
-    """Runs the pipeline on one image (result.json + overlay PNGs) or a folder (a CSV). Returns the exit code."""
+    """Runs the pipeline on one image (result.json + overlay PNGs) or a folder (a CSV). Returns the exit code.
+
+    Checked in this order, each with a one-line error (exit code 2) and before any file is written: the options,
+    that the input exists, the model folders (looked at, not loaded: config.json, no pickle checkpoint), the input
+    (read, when it is one image), an existing batch CSV without ``--resume``; only then are the models loaded, and
+    the options that need them (patch size, saliency classes, the settings of a resumed CSV) checked.
+    ``--engine ray`` hands the whole run to :func:`cxr_hub.ray_batch.run_ray_predict` (SOURCE may then also be a
+    manifest or a text file of paths).
+    """
+    if getattr(args, "engine", "local") == "ray":
+        from .ray_batch import run_ray_predict  # Ray itself is imported only there, and only for this engine
+
+        return run_ray_predict(args)
+    problem = predict_option_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    if not Path(args.image).expanduser().exists():
+        # before the image code is even imported. The input is not named: a folder's own name can be a patient's.
+        print("error: IMAGE was not found: pass an existing image file or a folder of images.", file=sys.stderr)
+        return 2
+    batch = is_batch(args.image, args.out)
     folders = {
         "segmentation": _model_folder(args.segmentation, DEFAULT_SEGMENTATION, "--segmentation", "segmentation"),
         "classifier": _model_folder(args.classifier, DEFAULT_CLASSIFIER, "--classifier", "patch classifier"),
@@ -110,9 +234,28 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.global_classifier is not None:
         folders["global"] = _model_folder(args.global_classifier, Path(), "--global-classifier", "global")
     problems = [v for v in folders.values() if isinstance(v, str)]
+    if not problems and not args.allow_pickle:
+        # the folders are only looked at (no weights read): a pickle checkpoint is refused before anything else
+        from .loading import UnsafeCheckpointError, check_no_pickles
+
+        try:
+            for folder in folders.values():
+                check_no_pickles(folder)
+        except UnsafeCheckpointError as exc:
+            problems.append(f"could not build the pipeline: {exc}")
     if problems:
         for msg in problems:
             print(f"error: {msg}", file=sys.stderr)
+        return 2
+    from .io import load_image
+
+    image = None if batch else load_image(args.image, source_name=_source_name(args.image))
+    images = batch_inputs(args.image) if batch else []
+    out_csv = batch_csv_path(args.out)
+    if batch and out_csv.exists() and out_csv.stat().st_size and not args.resume:
+        print(
+            f"error: {out_csv} already exists: pass --resume to continue that run, or another --out.", file=sys.stderr
+        )
         return 2
     from .pipeline import CXRPipeline
 
@@ -124,19 +267,22 @@ def run_predict(args: argparse.Namespace) -> int:
             device=args.device,
             precision=args.precision,
             segmentation_precision=args.segmentation_precision,
-            sampling=args.sampling,
+            sampling=args.sampling or default_sampling(),
             chunk_size=args.chunk_size,
             allow_pickle=args.allow_pickle,
         )
     except (ValueError, TypeError, OSError) as exc:
         print(f"error: could not build the pipeline: {exc}", file=sys.stderr)
         return 2
-    if is_batch(args.image, args.out):
-        return run_predict_batch(pipe, args)
-    try:
-        prepared = pipe.prepare(args.image)
-    except CXRInputError as exc:
-        raise _name_only(exc, args.image) from None
+    problem = _pipeline_option_problem(pipe, args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    if batch:
+        return run_predict_batch(pipe, args, images)
+    from .visualize import heat_overlay, segmentation_overlay
+
+    prepared = pipe.prepare(image)  # a CXRInputError (no lung found) becomes one line in cli.main
     try:
         result = pipe.analyze(
             prepared, k=args.k, patch_size=args.patch_size, seed=args.seed, saliency_classes=args.saliency_classes
@@ -176,6 +322,8 @@ def run_predict(args: argparse.Namespace) -> int:
 BATCH_CSV_NAME = "results.csv"
 _BIOMARKER_COLUMNS = ("cardiothoracic_ratio", "lung_mean_intensity", "lung_std_intensity", "lung_area_fraction")
 _STATUS = ("ok", "error")
+#: Columns that record how a row was made; a resumed CSV must have been made with the same values.
+_SETTINGS_COLUMNS = ("k", "patch_size", "seed")
 
 
 def batch_inputs(source: str | Path) -> list[Path]:
@@ -186,13 +334,15 @@ def batch_inputs(source: str | Path) -> list[Path]:
     Sub-folders are not entered, so a result never needs more than a file name to name its image.
 
     Raises:
-        CXRInputError: ``source`` does not exist.
+        CXRInputError: ``source`` does not exist (the message does not name it: a folder's name can be a patient's).
     """
+    from .io import SUPPORTED_EXTENSIONS, CXRInputError
+
     path = Path(source).expanduser()
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise CXRInputError(f"'{path}' was not found: pass an image file or a folder of images.")
+        raise CXRInputError("The input was not found: pass an image file or a folder of images.")
     return sorted(
         (
             p
@@ -213,9 +363,7 @@ def batch_columns(class_names: Sequence[str]) -> list[str]:
         *(f"probability_{c}" for c in class_names),
         "global_label",
         *_BIOMARKER_COLUMNS,
-        "k",
-        "patch_size",
-        "seed",
+        *_SETTINGS_COLUMNS,
         "warnings",
         "error",
     ]
@@ -228,7 +376,8 @@ def _number(value: float | None) -> str:
 
 def _csv_line(values: Sequence[Any]) -> bytes:
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow(values)
+    # every text cell escaped: a file name (or a message quoting it) may hold bytes that are not UTF-8
+    csv.writer(buf, lineterminator="\n").writerow([_escape(v) if isinstance(v, str) else v for v in values])
     return buf.getvalue().encode("utf-8")
 
 
@@ -240,15 +389,15 @@ def _append_line(fd: int, line: bytes) -> None:
     os.fsync(fd)
 
 
-def _read_done(path: Path, header: list[str]) -> set[str]:
-    """File names already in a batch CSV; drops a torn last row (a run killed mid-write) by rewriting the file.
+def _read_rows(path: Path, header: list[str]) -> tuple[list[list[str]], bool]:
+    """The whole rows of a batch CSV, and whether its last row is torn (a run killed mid-write). Writes nothing.
 
     Raises:
         ValueError: the CSV has other columns (another classifier or an unrelated file).
     """
     text = path.read_bytes().decode("utf-8", errors="replace")
     if not text:
-        return set()
+        return [], False
     rows = list(csv.reader(io.StringIO(text, newline="")))
     if not rows or rows[0] != header:
         raise ValueError(
@@ -256,30 +405,49 @@ def _read_done(path: Path, header: list[str]) -> set[str]:
             "Pass another --out, or delete the file to start over."
         )
     complete = [r for r in rows[1:] if len(r) == len(header) and r[1] in _STATUS]
-    if not text.endswith("\n") or len(complete) != len(rows) - 1:
-        # Only the last row can be torn (each row is one append); keep what is whole, atomically.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(_csv_line(header) + b"".join(_csv_line(r) for r in complete))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    return {r[0] for r in complete}
+    return complete, not text.endswith("\n") or len(complete) != len(rows) - 1
 
 
-def _result_row(pipe: CXRPipeline, path: Path, args: argparse.Namespace) -> list[Any]:
+def _rewrite(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    """Replaces the CSV by its header and ``rows``, atomically (drops a torn last row; each row is one append)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(_csv_line(header) + b"".join(_csv_line(r) for r in rows))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _settings_problem(path: Path, header: list[str], rows: list[list[str]], wanted: dict[str, str]) -> str | None:
+    """A message when a row of the CSV was made with other settings than ``wanted`` (column → value), else None."""
+
+    def show(values: dict[str, str]) -> str:
+        return f"--k {values['k']} --patch-size {values['patch_size']} --seed {values['seed']}"
+
+    index = {c: header.index(c) for c in _SETTINGS_COLUMNS}
+    for row in rows:
+        made = {c: row[i] for c, i in index.items()}
+        if any(made[c] and made[c] != wanted[c] for c in _SETTINGS_COLUMNS):
+            return (
+                f"--resume: {path} was made with {show(made)}, this run asks for {show(wanted)}: its rows would not be "
+                "comparable. Pass the same options to continue it, or another --out to start a new CSV."
+            )
+    return None
+
+
+def _result_row(pipe: CXRPipeline, image: np.ndarray, name: str, args: argparse.Namespace) -> list[Any]:
     names = pipe.class_names
-    prepared = pipe.prepare(str(path))
+    prepared = pipe.prepare(image)
     r = pipe.analyze(
         prepared, k=args.k, patch_size=args.patch_size, seed=args.seed, saliency_classes=args.saliency_classes
     )
     b = r.biomarkers
     return [
-        path.name,
+        name,
         "ok",
         r.label,
         *(r.votes[c] for c in names),
@@ -294,30 +462,53 @@ def _result_row(pipe: CXRPipeline, path: Path, args: argparse.Namespace) -> list
     ]
 
 
-def run_predict_batch(pipe: CXRPipeline, args: argparse.Namespace) -> int:
+def run_predict_batch(pipe: CXRPipeline, args: argparse.Namespace, images: Sequence[Path] | None = None) -> int:
     """``predict`` over a folder (or one image) into a CSV, one fsync'ed row per image; see the module docstring.
 
     Images the pipeline refuses (any :class:`CXRInputError`: corrupt, not an image, no lung found) become rows with
-    status ``error`` and the message, which names the file by its name only. With ``--resume`` images already in the
-    CSV are skipped; without it an existing non-empty CSV is refused rather than overwritten (exit code 2).
+    status ``error`` and the message, which names the file by its name only; they record the run's settings too.
+    With ``--resume`` images already in the CSV are skipped, once the CSV is found to have this run's columns and
+    to have been made with the same ``--k``, ``--patch-size`` and ``--seed``; without ``--resume`` an existing
+    non-empty CSV is refused rather than overwritten. Refusals exit with code 2 and write nothing.
+
+    Args:
+        pipe: the loaded pipeline.
+        args: the parsed ``predict`` options.
+        images: the inputs, from :func:`batch_inputs` (computed from ``args.image`` when None).
+
+    Returns:
+        The exit code.
     """
     from tqdm import tqdm
 
-    out = Path(args.out)
-    if out.suffix.lower() != ".csv":
-        out = out / BATCH_CSV_NAME
-    out.parent.mkdir(parents=True, exist_ok=True)
-    images = batch_inputs(args.image)
+    from .io import CXRInputError, load_image
+
+    out = batch_csv_path(args.out)
+    images = batch_inputs(args.image) if images is None else list(images)
     header = batch_columns(pipe.class_names)
     if out.exists() and out.stat().st_size and not args.resume:
         print(f"error: {out} already exists: pass --resume to continue that run, or another --out.", file=sys.stderr)
         return 2
+    cfg = pipe.classifier_config
+    settings = {
+        "k": str(args.k if args.k is not None else cfg.num_patches),
+        "patch_size": str(args.patch_size if args.patch_size is not None else cfg.patch_size),
+        "seed": str(args.seed),
+    }
     try:
-        done = _read_done(out, header) if out.exists() else set()
+        done_rows, torn = _read_rows(out, header) if out.exists() else ([], False)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    todo = [p for p in images if p.name not in done]
+    problem = _settings_problem(out, header, done_rows, settings)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if torn:
+        _rewrite(out, header, done_rows)
+    done = {r[0] for r in done_rows}
+    todo = [p for p in images if _row_name(p) not in done]
     counts = {"ok": 0, "error": 0}
     fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -325,10 +516,12 @@ def run_predict_batch(pipe: CXRPipeline, args: argparse.Namespace) -> int:
             _append_line(fd, _csv_line(header))
         # no file names in the bar: a terminal log is an output too
         for path in tqdm(todo, total=len(images), initial=len(images) - len(todo), unit="image", file=sys.stderr):
+            name = _row_name(path)
             try:
-                row = _result_row(pipe, path, args)
+                row = _result_row(pipe, load_image(path, source_name=_source_name(path)), name, args)
             except CXRInputError as exc:
-                row = [path.name, "error", *[""] * (len(header) - 3), str(_name_only(exc, path))]
+                cells = dict.fromkeys(header, "") | settings | {"file": name, "status": "error", "error": str(exc)}
+                row = [cells[c] for c in header]
             counts[row[1]] += 1
             _append_line(fd, _csv_line(row))
     finally:
@@ -350,9 +543,19 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("image", help="path to a chest X-ray (PNG, JPEG, BMP, TIFF or DICOM)")
     p.add_argument("--out", default="outputs/preprocess", help="output folder (default: %(default)s)")
-    p.add_argument("--gamma", type=float, default=0.5, help="gamma exponent (default: %(default)s, 1 = none)")
+    p.add_argument(
+        "--gamma",
+        type=float,
+        default=0.5,
+        help=f"gamma exponent, above 0 and at most {MAX_GAMMA:g} (default: %(default)s, 1 = none)",
+    )
     p.add_argument("--no-equalize", action="store_true", help="skip histogram equalisation (min-max instead)")
-    p.add_argument("--size", type=int, default=256, help="segmentation input side (default: %(default)s)")
+    p.add_argument(
+        "--size",
+        type=int,
+        default=256,
+        help=f"segmentation input side, {PREPROCESS_SIZES[0]} to {PREPROCESS_SIZES[1]} (default: %(default)s)",
+    )
     p.set_defaults(func=run_preprocess)
 
     p = subparsers.add_parser(
@@ -376,16 +579,19 @@ def add_parser(subparsers: Any) -> None:
         help="patch classifier model folder (default: models/cxr-patch-resnet18 in the repository, if it exists)",
     )
     p.add_argument("--global-classifier", default=None, help="optional global (whole-image) classifier folder")
-    p.add_argument("--k", type=int, default=None, help="number of patches (default: the classifier's, paper: 100)")
+    p.add_argument(
+        "--k", type=int, default=None, help="number of patches, at least 1 (default: the classifier's, paper: 100)"
+    )
     p.add_argument(
         "--patch-size", type=int, default=None, help="patch side in the 1024 frame (default: the classifier's, 224)"
     )
-    p.add_argument("--seed", type=int, default=0, help="patch sampling seed (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="patch sampling seed, 0 or more (default: %(default)s)")
     p.add_argument(
         "--sampling",
-        choices=SAMPLING_MODES,
-        default=DEFAULT_SAMPLING,
-        help="patch sampler (default: %(default)s): stable, joint (as in training) or independent (the authors' code)",
+        type=sampling_mode,
+        default=None,
+        help="patch sampler (default: the pipeline's, stable): stable, joint (as in training) or independent (the "
+        "authors' code)",
     )
     p.add_argument(
         "--saliency-classes",
@@ -397,7 +603,12 @@ def add_parser(subparsers: Any) -> None:
         default="outputs/predict",
         help="output folder, or a .csv file for a batch (default: %(default)s; a batch writes results.csv there)",
     )
-    p.add_argument("--resume", action="store_true", help="batch: continue an interrupted run's CSV")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="batch: continue an interrupted run's CSV (refused when it was made with another --k, --patch-size or "
+        "--seed)",
+    )
     p.add_argument(
         "--allow-pickle",
         action="store_true",
@@ -419,4 +630,7 @@ def add_parser(subparsers: Any) -> None:
         "without --global-classifier, as validated on real films; fp32 for the network exactly as trained)",
     )
     p.add_argument("--chunk-size", type=int, default=32, help="patches per forward pass (default: %(default)s)")
+    from .ray_batch import add_ray_arguments  # registers --engine and the Ray options; imports nothing of Ray
+
+    add_ray_arguments(p)
     p.set_defaults(func=run_predict)

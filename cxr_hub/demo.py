@@ -10,15 +10,21 @@ here imports gradio or pandas, so the engine can be used (and tested) from plain
     analysis = engine.analyze("examples/covid19_cohen_2168a917.jpg", k=100, patch_size=224, seed=0)
     summary = summary_dict(analysis)  # JSON-ready: mode, label, votes, biomarkers, warnings, timings, ...
 
-Honesty rules, because no trained classifier is shipped yet:
+Honesty rules (the app never shows more than its models and the upload support):
 
-* Models come from ``models/<name>/`` in the repository or from the environment (:func:`discover_models`).
-  A missing classifier → a segmentation-only :class:`cxr_hub.CXRPipeline` (``classifier_model=None``): segmentation,
-  patch positions (:meth:`~cxr_hub.CXRPipeline.sample_patches`, the same boxes a classifier would use) and biomarkers
-  only; no vote, probability or saliency map is ever computed with untrained weights. A missing segmentation model →
-  the app still starts and explains that no trained models are shipped.
+* Models come from ``models/<name>/`` in the repository (where the trained models ship) or from the environment
+  (:func:`discover_models`). A classifier that is missing or fails to load → a segmentation-only
+  :class:`cxr_hub.CXRPipeline` (``classifier_model=None``): segmentation, patch positions
+  (:meth:`~cxr_hub.CXRPipeline.sample_patches`, the same boxes a classifier would use) and biomarkers only; no vote,
+  probability or saliency map is ever computed with untrained weights. A missing segmentation model → the app still
+  starts and explains that it cannot analyse anything.
 * Classes a classifier never saw in training (``config.trained_classes``, e.g. tuberculosis: no images) are
   listed in :attr:`LoadedModels.untrained_classes` and marked "untrained" wherever they appear.
+* An upload that is not a frontal chest X-ray (a photograph, a lateral film, a CT slice, a rotated or inverted
+  film, ...) is refused by the pipeline's own input-validity check (:mod:`cxr_hub.validity`, run inside
+  :meth:`cxr_hub.CXRPipeline.prepare`): :class:`cxr_hub.validity.NotAFrontalCXRError`, a ``CXRInputError`` whose
+  message the UI shows as its error. The decision is the pipeline's, never the app's; a refusal is remembered per
+  image, so moving a slider does not segment it again.
 
 Speed: :meth:`CXRPipeline.prepare` (segmentation, the 1024 lung-masked frame, biomarkers) is cached per image in an
 LRU keyed by a hash of the decoded pixels (never the file name), so changing K, the patch size, the seed or the class
@@ -51,11 +57,15 @@ import numpy as np
 from PIL import Image
 from torch import nn
 
+from . import presets
 from .io import load_image
 from .loading import UnsafeCheckpointError, allow_pickle_from_env, load_model
 from .models import LABEL_SETS
+from .paper import BIOMARKER_TABLES, INTENSITY_SCALE, LABEL4_TO_PAPER, PAPER_CLASS_NAMES, paper_mean_sd, to_paper_units
 from .pipeline import CLASSIFIER_PRECISIONS, CXRPipeline, PipelineResult, PreparedImage
 from .preprocessing import resize_image
+from .presets import SHIPPED
+from .validity import NotAFrontalCXRError, ValidityReport
 from .visualize import (
     BOX_COLOUR,
     display_size,
@@ -80,6 +90,7 @@ __all__ = [
     "LoadedModels",
     "ModelSources",
     "ModelSpec",
+    "biomarker_panel",
     "discover_models",
     "display_name",
     "format_number",
@@ -93,7 +104,7 @@ __all__ = [
 ]
 
 #: The repository's ``models/`` folder (when run from a checkout); the default place of the shipped models.
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+MODELS_DIR = presets.MODELS_DIR
 
 PAPER_MODEL = "Paper 4-class model"
 COVIDX_MODEL = "COVIDx 3-class model"
@@ -110,8 +121,8 @@ RESULT_CACHE_SIZE = 8
 DISPLAY_SIDE = 768
 REPORT_PANEL_SIDE = 512
 
-SEGMENTATION_ENV = "CXR_HUB_SEGMENTATION"
-SEGMENTATION_FOLDER = "cxr-lung-seg-fcdensenet103"
+SEGMENTATION_ENV = SHIPPED["segmentation"].env
+SEGMENTATION_FOLDER = SHIPPED["segmentation"].folder
 PRECISION_ENV = "CXR_HUB_PRECISION"
 #: How error messages name an uploaded file (never its path or file name, which can carry a patient's name).
 UPLOAD_NAME = "The uploaded file"
@@ -127,9 +138,10 @@ CLASS_DISPLAY = {
 }
 
 #: Per-class biomarker reference values measured on this project's curated data by ``python -m cxr_hub biomarkers``
-#: (see RESULTS.md), shipped with the package: ``{"description", "classes", "n", "values": {biomarker: {class:
-#: "mean ± SD"}}}``. The paper's own Tables VI, VII and IX are not re-typed here: a number shown beside a class must
-#: be one that was measured or checked, never a guess.
+#: (the run behind RESULTS.md's tables, written by ``cxr_hub.biomarker_analysis.write_outputs``), shipped with the
+#: package: ``{"description", "classes", "n", "units", "values": {biomarker: {class: "mean ± SD"}}, "stats":
+#: {biomarker: {class: {"n", "mean", "sd"}}}}``. The paper's values shown beside them (Tables VI, VII, IX) come from
+#: :mod:`cxr_hub.paper`, never typed here.
 REFERENCE_FILE = Path(__file__).resolve().parent / "data" / "biomarker_reference.json"
 REFERENCE_PENDING = "no per-class reference measured yet (run python -m cxr_hub biomarkers)"
 
@@ -146,6 +158,98 @@ def load_biomarker_reference(path: Path | None = None) -> dict[str, Any] | None:
 
 
 BIOMARKER_REFERENCE: dict[str, Any] | None = load_biomarker_reference()
+
+#: The biomarker panel's rows: (key, label, digits in the paper's units); lung area has no counterpart in the paper.
+PANEL_BIOMARKERS: tuple[tuple[str, str, int], ...] = (
+    ("cardiothoracic_ratio", "cardiothoracic ratio", 3),
+    ("lung_mean_intensity", "lung mean intensity", 3),
+    ("lung_std_intensity", "lung intensity spread (SD)", 3),
+    ("lung_area_fraction", "lung area (share of image)", 3),
+)
+
+#: What differs between the paper's per-class values and ours, shown under the panel's table.
+BIOMARKER_PANEL_NOTE = (
+    "Same units on every row: intensities are gray levels of the preprocessed image (histogram equalisation, gamma "
+    f"0.5) divided by {INTENSITY_SCALE:.0f}, the paper's [0, 1] scale; the cardiothoracic ratio is a plain ratio. "
+    "**How the two references differ:** the paper measured its own films with its own masks; ours are this "
+    "project's films with our segmentation model's masks (the ratio from the largest connected heart and lung "
+    "regions), and class and collection are confounded in our data. The paper keeps viral and COVID-19 apart, "
+    "while our label4 class viral/COVID-19 merges them; tuberculosis is a class of the paper only — our data have "
+    "no tuberculosis images, so our models never learnt it and we have no values for it."
+)
+
+
+def _paper_cell(biomarker: str, paper_class: str, digits: int) -> str:
+    table = BIOMARKER_TABLES.get(biomarker)
+    if table is None:
+        return "not in the paper"
+    mean, sd = paper_mean_sd(table, paper_class)
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def _ours_cell(reference: Mapping[str, Any] | None, biomarker: str, cls: str, digits: int) -> str:
+    stats = ((reference or {}).get("stats") or {}).get(biomarker) or {}
+    s = stats.get(cls)
+    if s is None:
+        if reference is None or not reference.get("stats"):
+            return REFERENCE_PENDING
+        if not (reference.get("n") or {}).get(cls):
+            return "no images in our data, so our models do not have this class"
+        return "no values"
+    mean, sd = to_paper_units(biomarker, s["mean"]), to_paper_units(biomarker, s["sd"])
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def biomarker_panel(markers: Any, reference: Mapping[str, Any] | None = None) -> str:
+    """The app's biomarker panel: this image's values, our per-class mean ± SD and the paper's, in the same units.
+
+    Args:
+        markers: the image's :class:`cxr_hub.biomarkers.Biomarkers` (``PreparedImage.biomarkers``).
+        reference: our per-class reference (default :data:`BIOMARKER_REFERENCE`, the shipped file).
+
+    Returns:
+        Markdown: one table (a row for this image, then for each class a row of ours and a row per paper class it
+        covers), the note on how the references differ, and where each comes from.
+    """
+    ref = BIOMARKER_REFERENCE if reference is None else reference
+    header = "| | " + " | ".join(label for _, label, _ in PANEL_BIOMARKERS) + " |"
+    lines = [header, "|---" * (1 + len(PANEL_BIOMARKERS)) + "|"]
+    image_cells = []
+    for key, _, digits in PANEL_BIOMARKERS:
+        value = getattr(markers, key)
+        if key == "lung_area_fraction":
+            left, right = markers.left_lung_area_fraction, markers.right_lung_area_fraction
+            image_cells.append(
+                f"{value:.{digits}f} (left {left:.{digits}f}, right {right:.{digits}f})"
+                if math.isfinite(value)
+                else "n/a"
+            )
+        else:
+            image_cells.append(format_number(to_paper_units(key, value), f".{digits}f"))
+    lines.append("| **this image** | " + " | ".join(image_cells) + " |")
+    classes = list(ref["classes"]) if ref else list(LABEL4_TO_PAPER)
+    for cls in classes:
+        n = (ref or {}).get("n", {}).get(cls)
+        ours = f"{display_name(cls)}, ours" + (f" (n = {n})" if n else "")
+        cells = [_ours_cell(ref, key, cls, digits) for key, _, digits in PANEL_BIOMARKERS]
+        if len(set(cells)) == 1 and "±" not in cells[0]:
+            # one reason for the whole row (no images, nothing measured yet): say it once
+            cells = [cells[0]] + ["—"] * (len(cells) - 1)
+        lines.append(f"| {ours} | " + " | ".join(cells) + " |")
+        for paper_class in LABEL4_TO_PAPER.get(cls, ()):
+            cells = [_paper_cell(key, paper_class, digits) for key, _, digits in PANEL_BIOMARKERS]
+            lines.append(f"| {PAPER_CLASS_NAMES[paper_class]}, paper | " + " | ".join(cells) + " |")
+    parts = [
+        "\n".join(lines),
+        "This image's values come from its own segmentation (pixels of the original image, square pixels assumed); "
+        "one image's value says little on its own. The paper compares such statistics between classes "
+        "(Tables VI, VII, IX: mean ± SD per class).",
+        BIOMARKER_PANEL_NOTE,
+        f"Ours: {ref['description']}" if ref else f"Ours: {REFERENCE_PENDING}.",
+        "Paper: Oh, Park, Ye, IEEE TMI 2020, Tables VI, VII and IX (cxr_hub/data/paper_tables.json).",
+    ]
+    parts += [f"- {w}" for w in getattr(markers, "warnings", [])]
+    return "\n\n".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------- model discovery
@@ -164,9 +268,13 @@ class ModelSpec:
 
 MODEL_SPECS: dict[str, ModelSpec] = {
     PAPER_MODEL: ModelSpec(
-        "label4", "CXR_HUB_CLASSIFIER", "cxr-patch-resnet18", "CXR_HUB_GLOBAL_CLASSIFIER", "cxr-global-resnet18"
+        "label4",
+        SHIPPED["label4/patch"].env,
+        SHIPPED["label4/patch"].folder,
+        SHIPPED["label4/global"].env,
+        SHIPPED["label4/global"].folder,
     ),
-    COVIDX_MODEL: ModelSpec("label3", "CXR_HUB_CLASSIFIER_LABEL3", "cxr-patch-resnet18-covidx"),
+    COVIDX_MODEL: ModelSpec("label3", SHIPPED["label3/patch"].env, SHIPPED["label3/patch"].folder),
 }
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -321,6 +429,8 @@ class Analysis:
 
     ``boxes`` are patch edges in original pixels and ``boxes_1024`` in the classifier frame (also set in
     segmentation-only mode, where the patches are placed exactly as the pipeline would place them).
+    ``input_check`` is the pipeline's input-validity report of the image (an image it refuses never becomes an
+    Analysis: :meth:`CXRApp.analyze` raises).
     """
 
     id: str
@@ -337,6 +447,7 @@ class Analysis:
     cache_hit: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    input_check: ValidityReport | None = None
 
 
 class CXRApp:
@@ -370,6 +481,8 @@ class CXRApp:
         # (upload path, mtime, size) → pixel hash: a slider change skips decoding, and a cached image survives
         # Gradio's purge of the uploaded file
         self._path_hashes: LRUCache[tuple, str] = LRUCache(64)
+        # (prepare key, pixel hash) → the pipeline's refusal of that image: a slider change re-raises it, unsegmented
+        self._refused: LRUCache[tuple, NotAFrontalCXRError] = LRUCache(64)
         self.results: LRUCache[str, Analysis] = LRUCache(RESULT_CACHE_SIZE)
         self._report_dir = Path(tempfile.mkdtemp(prefix="cxr_hub_reports_"))
         atexit.register(shutil.rmtree, self._report_dir, ignore_errors=True)
@@ -465,17 +578,31 @@ class CXRApp:
 
     def prepare(self, models: LoadedModels, path: str | os.PathLike[str]) -> tuple[PreparedImage, bool]:
         """Cached :meth:`CXRPipeline.prepare` of the image at ``path``; returns ``(prepared, cache_hit)``."""
+        prepared, hit, _ = self._prepare(models, path)
+        return prepared, hit
+
+    def _prepare(self, models: LoadedModels, path: str | os.PathLike[str]) -> tuple[PreparedImage, bool, str]:
+        """:meth:`prepare`, plus the pixel hash of the image."""
         assert models.pipeline is not None
         digest, pixels = self._pixels(path)
-        cached = self.prepared.get((models.prepare_key, digest))
+        key = (models.prepare_key, digest)
+        cached = self.prepared.get(key)
         if cached is not None:
-            return cached, True
+            return cached, True, digest
+        refused = self._refused.get(key)
+        if refused is not None:
+            raise refused
         if pixels is None:  # hash known, but this choice never prepared it (or it was evicted): decode
             digest, pixels = self._pixels(path, decode=True)
         assert pixels is not None
-        prepared = models.pipeline.prepare(pixels)
-        self.prepared.put((models.prepare_key, digest), prepared)
-        return prepared, False
+        try:
+            # the upload file is the colour check's source: load_image made the pixels gray
+            prepared = models.pipeline.prepare(pixels, source_name=UPLOAD_NAME, source=str(path))
+        except NotAFrontalCXRError as exc:
+            self._refused.put(key, exc)
+            raise
+        self.prepared.put(key, prepared)
+        return prepared, False, digest
 
     # -- analysis
 
@@ -490,7 +617,12 @@ class CXRApp:
     ) -> Analysis:
         """Runs what the loaded models allow on one image.
 
+        An upload the pipeline's input-validity check refuses (not a frontal chest X-ray) raises, before anything is
+        classified; an accepted one's scores are in ``Analysis.input_check``.
+
         Raises:
+            cxr_hub.validity.NotAFrontalCXRError: the input check refused the upload (the message says why and
+                what to upload instead).
             CXRInputError: unreadable image or no lung found.
             AppInputError: missing image, out-of-range parameter, unknown class, expired upload.
         """
@@ -516,11 +648,12 @@ class CXRApp:
             return analysis
         pipe = models.pipeline
         t = time.perf_counter()
-        prepared, analysis.cache_hit = self.prepare(models, image)
+        prepared, analysis.cache_hit, _ = self._prepare(models, image)
         analysis.timings["app_prepare"] = (time.perf_counter() - t) * 1e3
         analysis.prepared, analysis.image = prepared, prepared.image
         if patch > min(prepared.frame.shape):
             raise AppInputError(f"Patch size {patch} is larger than the classifier frame ({prepared.frame.shape[0]}).")
+        analysis.input_check = prepared.input_check
         t = time.perf_counter()
         if models.classifier_loaded:
             result = pipe.analyze(
@@ -629,6 +762,7 @@ def summary_dict(a: Analysis, include_patches: bool = False) -> dict[str, Any]:
         "cache": "hit" if a.cache_hit else "miss",
         "device": str(m.pipeline.device) if m.pipeline is not None else None,
         "warnings": list(dict.fromkeys(a.warnings)),
+        "input_check": a.input_check.to_dict() if a.input_check is not None else None,
     }
     if r is not None:
         full = r.to_dict()
@@ -750,7 +884,7 @@ def write_report(
         ]
     else:
         head = [
-            f"cxr-hub — {a.models.sources.choice}: NO trained classifier shipped yet, so no classification.",
+            f"cxr-hub — {a.models.sources.choice}: no classifier loaded, so no classification.",
             f"Segmentation and K = {a.k} patch positions ({a.patch_size} px, seed {a.seed}) only.",
         ]
     b = a.prepared.biomarkers
@@ -808,5 +942,5 @@ def steps(a: Analysis | None) -> tuple[list[tuple[Image.Image, str]], str]:
         f"seed {a.seed})."
     )
     if a.result is None:
-        note += " No trained classifier is shipped yet, so the vote and saliency steps have no images."
+        note += " No classifier is loaded, so the vote and saliency steps have no images."
     return gallery, note

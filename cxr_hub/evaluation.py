@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -19,12 +20,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .biomarkers import cardiothoracic_ratio
 from .io import CXRInputError, load_image
 from .manifest import ManifestRow, load_label_map, read_manifest
-from .metrics import STRUCTURE_LABELS, structure_scores, summarize, summarize_scores
+from .metrics import CONVENTION_AWARE_LUNG, STRUCTURE_LABELS, structure_scores, summarize, summarize_scores
 from .models import CXRImageProcessor, image_processor_for
+from .postprocessing import clean_label_map
+from .presets import default_folder
 
-DEFAULT_SEGMENTATION = "models/cxr-lung-seg-fcdensenet103"
+DEFAULT_SEGMENTATION = str(default_folder("segmentation"))
 # An image's predicted lung area below this share of the normal class's median counts as under-segmented.
 UNDERSEGMENTATION_THRESHOLD = 0.75
 
@@ -105,6 +109,25 @@ def select_rows(
     return selected
 
 
+def ctr_agreement(pairs: Sequence[tuple[float, float]]) -> dict[str, Any]:
+    """Agreement of predicted and reference cardiothoracic ratios (Bland-Altman: differences predicted − reference).
+
+    Returns:
+        ``{"n", "mae", "mean_difference", "sd_difference", "limits_of_agreement"}`` (95 %); ``{"n": 0}`` without pairs.
+    """
+    if not pairs:
+        return {"n": 0}
+    d = np.array([p - r for p, r in pairs], dtype=np.float64)
+    mean, sd = float(d.mean()), float(d.std(ddof=1)) if len(d) > 1 else 0.0
+    return {
+        "n": len(d),
+        "mae": float(np.abs(d).mean()),
+        "mean_difference": mean,
+        "sd_difference": sd,
+        "limits_of_agreement": [mean - 1.96 * sd, mean + 1.96 * sd],
+    }
+
+
 def _lung_fraction(label_map: np.ndarray) -> float:
     return float(np.isin(label_map, STRUCTURE_LABELS["lung"]).mean())
 
@@ -182,20 +205,28 @@ def evaluate_segmentation(
     worst: int = 12,
     limit: int | None = None,
     device: str | None = None,
+    postprocess: bool | None = None,
 ) -> dict[str, Any]:
     """Evaluates a segmentation model on every selected manifest row with a mask.
 
     Jaccard and Dice are computed at the mask's original resolution, per structure; a structure the mask source does
-    not annotate (v7labs: no heart) is skipped for that image, never scored as a miss.
+    not annotate (v7labs: no heart) is skipped for that image, never scored as a miss. References without a heart are
+    also scored convention-aware (:data:`cxr_hub.metrics.CONVENTION_AWARE_LUNG`).
+
+    Args:
+        postprocess: apply :func:`cxr_hub.postprocessing.clean_label_map` to every prediction and report how many
+            pixels it changed (``metrics["postprocessing"]``); None (default): as the pipeline does for this model
+            (:func:`cxr_hub.postprocessing.uses_postprocessing` of its config).
 
     Returns:
         The metrics dict written to ``out_dir/metrics.json``.
+
+    Raises:
+        FileNotFoundError: the manifest or the model is missing.
+        ValueError: nothing to evaluate, or a malformed split.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    # everything that can fail on the arguments comes before the output folder exists: an error leaves nothing behind
     rows = select_rows(read_manifest(manifest), split_file, split, sources)
-    model = segmentation if isinstance(segmentation, torch.nn.Module) else load_segmentation_model(segmentation, device)
-    processor = segmentation_processor(model, preprocessing)
     scored = [r for r in rows if r.mask is not None]
     labelled = [r for r in rows if r.label(task)] if undersegmentation else []
     todo = {r.id: r for r in scored + labelled}
@@ -203,19 +234,29 @@ def evaluate_segmentation(
         todo = dict(list(todo.items())[:limit])
     if not todo:
         raise ValueError("No rows to evaluate: the selection has no images with masks (or labels).")
+    model = segmentation if isinstance(segmentation, torch.nn.Module) else load_segmentation_model(segmentation, device)
+    processor = segmentation_processor(model, preprocessing)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
 
     per_image: list[dict[str, Any]] = []
     scores, by_source = [], defaultdict(list)
     lung_fraction: dict[str, float] = {}
     worst_cases: list[tuple[float, ManifestRow, np.ndarray, np.ndarray]] = []
     failures: list[dict[str, str]] = []
+    changed: list[float] = []
+    raw_scores: list[dict[str, dict[str, float]]] = []  # before the clean-up, same inference
+    ctr_pairs: list[tuple[float, float]] = []
     for row in tqdm(list(todo.values()), desc="segmenting", unit="img"):
         try:
             image = load_image(row.image)
         except CXRInputError as exc:
             failures.append({"id": row.id, "error": str(exc)})
             continue
-        pred = segment(model, processor, [image])[0]
+        raw = pred = segment(model, processor, [image])[0]
+        if postprocess:
+            pred, report = clean_label_map(raw)
+            changed.append(report.changed_fraction)
         lung_fraction[row.id] = _lung_fraction(pred)
         if row.mask is None:
             continue
@@ -224,13 +265,23 @@ def evaluate_segmentation(
             failures.append({"id": row.id, "error": f"mask {target.shape} differs from image {pred.shape}"})
             continue
         structures = ["lung", *row.annotated_structures(target)]
+        if "heart" not in structures:
+            structures.append(CONVENTION_AWARE_LUNG)
         s = structure_scores(pred, target, structures)
         scores.append(s)
         by_source[row.source].append(s)
+        if postprocess:
+            raw_scores.append(structure_scores(raw, target, structures))
+        ctr = {}
+        if "heart" in structures:  # the reference has a heart: the CTR of our mask against the reference's
+            ctr = {"ctr_predicted": cardiothoracic_ratio(pred)[0], "ctr_reference": cardiothoracic_ratio(target)[0]}
+            if all(np.isfinite(v) for v in ctr.values()):
+                ctr_pairs.append((ctr["ctr_predicted"], ctr["ctr_reference"]))
         per_image.append(
             {"id": row.id, "source": row.source, "mask_source": row.mask_source, "label4": row.label4}
             | {f"jaccard_{k}": round(v, 5) for k, v in s["jaccard"].items()}
             | {f"dice_{k}": round(v, 5) for k, v in s["dice"].items()}
+            | {k: round(float(v), 5) for k, v in ctr.items()}
         )
         worst_cases.append((s["jaccard"]["lung"], row, pred.astype(np.uint8), target))
         worst_cases = sorted(worst_cases, key=lambda c: c[0])[:worst]
@@ -249,6 +300,17 @@ def evaluate_segmentation(
         "resolution": "original mask resolution",
         "selection": {"manifest": str(manifest), "split": split, "sources": sorted(sources) if sources else None},
         "failures": failures,
+        "postprocessing": (
+            {
+                "applied": True,
+                "changed_share_of_labelled_pixels": summarize(changed),
+                "images_changed": int(sum(c > 0 for c in changed)),
+                "scores_without": _mean_std(summarize_scores(raw_scores)),
+            }
+            if postprocess
+            else {"applied": False}
+        ),
+        "ctr_agreement": ctr_agreement(ctr_pairs),
     }
     if undersegmentation and labelled:
         labels = {r.id: r.label(task) for r in labelled}
@@ -271,20 +333,26 @@ def evaluate_segmentation(
 
 
 def run_evaluate_segmentation(args: argparse.Namespace) -> int:
-    """CLI handler for ``evaluate-segmentation``."""
-    metrics = evaluate_segmentation(
-        args.manifest,
-        args.out,
-        segmentation=args.segmentation,
-        preprocessing=args.preprocessing,
-        split_file=args.split_file,
-        split=args.split,
-        sources=args.source,
-        task=args.task,
-        undersegmentation=args.undersegmentation,
-        limit=args.limit,
-        device=args.device,
-    )
+    """CLI handler for ``evaluate-segmentation``; returns the exit code (2: missing model or manifest, bad split)."""
+    from .loading import UnsafeCheckpointError
+
+    try:
+        metrics = evaluate_segmentation(
+            args.manifest,
+            args.out,
+            segmentation=args.segmentation,
+            preprocessing=args.preprocessing,
+            split_file=args.split_file,
+            split=args.split,
+            sources=args.source,
+            task=args.task,
+            undersegmentation=args.undersegmentation,
+            limit=args.limit,
+            device=args.device,
+        )
+    except (FileNotFoundError, UnsafeCheckpointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     brief = {k: metrics[k] for k in ("n", "jaccard", "dice")}
     print(json.dumps(brief, indent=2))
     print(f"wrote {Path(args.out) / 'metrics.json'}")

@@ -14,6 +14,8 @@ The CLI subcommands ``push`` and ``model-card`` are registered by :func:`add_par
 from __future__ import annotations
 
 import argparse
+import fnmatch
+import glob
 import json
 import math
 import numbers
@@ -28,21 +30,27 @@ from huggingface_hub.errors import HfHubHTTPError
 
 # A Hub folder must hold safetensors only: PICKLE_SUFFIXES are the formats that unpickle (and can run code) on load.
 from .loading import PICKLE_SUFFIXES, pickle_checkpoints
+from .paper import format_mean_sd, format_number, paper_row, paper_table, replace_generated
 
 __all__ = [
     "BUILTIN_TEMPLATE",
     "CITATION_BIBTEX",
     "CLASSIFICATION_MODEL_TYPES",
+    "CREDENTIAL_PATTERNS",
     "IGNORE_PATTERNS",
     "MODEL_CARDS_DIR",
     "PICKLE_SUFFIXES",
     "SEGMENTATION_MODEL_TYPES",
     "add_parser",
+    "card_metrics_from_report",
     "export_hub_folder",
     "list_upload_files",
+    "paper_comparison_section",
     "pipeline_tag_for",
     "push_to_hub",
+    "refresh_paper_comparison",
     "render_model_card",
+    "skipped_upload_files",
     "validate_hub_folder",
 ]
 
@@ -127,6 +135,10 @@ ${training_data}
 ## Evaluation
 
 ${evaluation}
+
+## Compared with the paper
+
+${paper_comparison}
 
 ## Limitations and biases
 
@@ -410,6 +422,144 @@ def _evaluation_section(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+PAPER_SECTION = "paper-comparison"
+PAPER_SECTION_HINT = "rendered by cxr_hub.hub from cxr_hub/data/paper_tables.json and this card's first result"
+_LABEL3_TO_PAPER = {"normal": "sens_normal", "pneumonia": "sens_pneumonia", "covid": "sens_covid19"}
+
+
+def _paper_counterpart(config: Any, values: Mapping[str, Any]) -> tuple[str, list[tuple[str, Any, Any]], str] | None:
+    """``(source, [(metric, ours, paper)], unit)`` for a card's first result, or None when the paper has none.
+
+    Classifiers compare in percent (Tables X, XI for label4 by mode, XII for label3); segmentation networks compare
+    Jaccard indices (Table V for FC-DenseNet103, Table XIII for U-Net).
+    """
+    model_type = _model_type(config)
+    if model_type in CLASSIFICATION_MODEL_TYPES:
+        label_set, mode = _config_get(config, "label_set"), _config_get(config, "mode")
+        id2label = _config_get(config, "id2label")
+        classes = [str(v) for v in id2label.values()] if isinstance(id2label, Mapping) else []
+
+        def ours(key: str) -> float | None:
+            return 100 * values[key] if isinstance(values.get(key), int | float) else None
+
+        if label_set == "label4" and mode in ("patch", "global"):
+            x = paper_row("table_x_macro_metrics_percent", mode)
+            xi = paper_row("table_xi_sensitivity_percent", mode)
+            rows = [("accuracy", ours("accuracy"), x["accuracy"])]
+            macro = {"precision": "precision", "recall": "recall", "f1": "F1", "specificity": "specificity"}
+            rows += [(f"macro {t}", ours(f"macro_{k}"), x[k]) for k, t in macro.items()]
+            rows += [(f"sensitivity ({c})", ours(f"sensitivity_{c}"), xi.get(c)) for c in classes if c in xi]
+            return f"the paper's {mode} model, Tables X and XI", rows, "points"
+        if label_set == "label3" and mode == "patch":
+            xii = paper_row("table_xii_vs_covidnet_percent", "patch")
+            rows = [(f"sensitivity ({c})", ours(f"sensitivity_{c}"), xii[k]) for c, k in _LABEL3_TO_PAPER.items()]
+            return "the paper's patch model on COVIDx, Table XII", rows, "points"
+        return None
+    if model_type == "cxr_fcdensenet" and _config_get(config, "preset") in ("fcdensenet103", _MISSING):
+        v = paper_table("table_v_segmentation_jaccard")["jsrt_preprocessed"]
+        rows = [
+            ("Jaccard, lung", values.get("jaccard_lung"), v["lung"]),
+            ("Jaccard, heart", values.get("jaccard_heart"), v["heart"]),
+        ]
+        return "the paper's FC-DenseNet103 on JSRT, Table V", rows, ""
+    if model_type == "cxr_unet":
+        v = paper_table("table_xiii_lung_jaccard_by_network")["unet"]
+        return "the paper's U-Net on JSRT, Table XIII", [("Jaccard, lung", values.get("jaccard_lung"), v["jsrt"])], ""
+    return None
+
+
+def paper_comparison_section(config: Any, metrics: Any) -> str:
+    """The card's "Compared with the paper" section: this model's first measured result beside the paper's numbers
+    (read from ``cxr_hub/data/paper_tables.json``), with each difference in words, between generated-section markers.
+
+    Args:
+        config: the model's config (``model_type``, ``label_set``, ``mode``, ``id2label``, ``preset``).
+        metrics: the card's metrics in any shape :func:`render_model_card` accepts; the first result is compared.
+
+    Returns:
+        Markdown; says so plainly when the model is not evaluated yet or the paper has no counterpart.
+    """
+    results = _normalize_metrics(metrics)
+    body = _paper_comparison_body(config, results)
+    return f"<!-- generated:{PAPER_SECTION} {PAPER_SECTION_HINT} -->\n{body}\n<!-- /generated:{PAPER_SECTION} -->"
+
+
+def _paper_comparison_body(config: Any, results: list[dict[str, Any]]) -> str:
+    if not results:
+        return "Not evaluated yet, so there is nothing to compare with the paper's numbers."
+    first = results[0]
+    found = _paper_counterpart(config, first["values"])
+    if found is None:
+        return "The paper reports no number for this kind of model."
+    source, rows, unit = found
+    table = ["| metric | this model | paper | difference |", "|---|---|---|---|"]
+    lower, higher, missing = [], [], []
+    for name, ours, paper in rows:
+        pair = isinstance(paper, list | tuple)
+        paper_mean = paper[0] if pair else paper
+        paper_text = format_mean_sd(paper) if pair else format_number(paper)
+        if ours is None:
+            missing.append(name)
+            table.append(f"| {name} | no value (untrained: no images) | {paper_text} | not comparable |")
+            continue
+        diff = ours - paper_mean
+        ours_text = f"{ours:.1f}" if unit else f"{ours:.3f}"
+        size = f"{abs(diff):.1f} points" if unit else f"{abs(diff):.3f}"
+        same = abs(diff) < (1.0 if unit else 0.005)
+        word = "about the same" if same else f"**{size} {'lower' if diff < 0 else 'higher'}**"
+        if not same:
+            (lower if diff < 0 else higher).append(name)
+        table.append(f"| {name} | {ours_text} | {paper_text} | {word} |")
+    compared = len(rows) - len(missing)
+    if compared and len(lower) == compared:
+        verdict = f"**This model is below the paper on every metric compared** ({compared})."
+    elif lower:
+        verdict = f"**Below the paper** on {'; '.join(lower)}" + (
+            f". Above it on {'; '.join(higher)}." if higher else "."
+        )
+    else:
+        verdict = "Not below the paper on any metric compared."
+    units = "percent" if unit else "Jaccard index, mean ± SD for the paper"
+    lines = [
+        f"This model's first result above ({_md_cell(first['dataset']['name'])}) beside {source} ({units}; the "
+        "paper's numbers from `cxr_hub/data/paper_tables.json`). The paper measured its own model on its own data, "
+        "so this shows how far these weights are from the published result, not a like-for-like test.",
+        "",
+        *table,
+        "",
+        verdict,
+    ]
+    if missing:
+        lines.append(f"No value of this model for {'; '.join(missing)}: no such images in its data.")
+    return "\n".join(lines)
+
+
+def refresh_paper_comparison(card_text: str, config: Any) -> str:
+    """A rendered card with its "Compared with the paper" section recomputed from its own front matter.
+
+    The section is replaced between its markers, or added (with its heading) before "## Limitations and biases"
+    when the card predates it. Run it after the card's metrics change (``training/refresh_card_metrics.py``).
+
+    Raises:
+        ValueError: the card has no YAML front matter, or no place for the section.
+    """
+    parts = card_text.split("---\n", 2)
+    if len(parts) != 3 or parts[0]:
+        raise ValueError("The card has no YAML front matter between '---' lines; render it with render_model_card.")
+    meta = yaml.safe_load(parts[1]) or {}
+    index = (meta.get("model-index") or [{}])[0].get("results") or []
+    results = [{"dataset": r["dataset"], "values": {m["type"]: m["value"] for m in r["metrics"]}} for r in index]
+    section = paper_comparison_section(config, results)
+    marker = f"<!-- generated:{PAPER_SECTION}"
+    if marker in card_text:
+        body = section.split("\n", 1)[1].rsplit("\n", 1)[0]
+        return replace_generated(card_text, PAPER_SECTION, body, PAPER_SECTION_HINT)
+    anchor = "\n## Limitations and biases"
+    if anchor not in card_text:
+        raise ValueError("The card has no '## Limitations and biases' section to put the paper comparison before.")
+    return card_text.replace(anchor, f"\n## Compared with the paper\n\n{section}\n{anchor}", 1)
+
+
 def _front_matter(
     *,
     license: str,
@@ -522,7 +672,9 @@ def render_model_card(
 
     Placeholders available to templates: ``model_name``, ``repo_id``, ``revision``, ``model_type``,
     ``pipeline_tag``, ``task_name``, ``license``, ``model_summary``, ``how_to_use``, ``training_data``,
-    ``evaluation``, ``citation``, plus every key of ``extra``.
+    ``evaluation``, ``paper_comparison`` (the first result beside the paper's numbers,
+    :func:`paper_comparison_section`),
+    ``citation``, plus every key of ``extra``.
 
     Args:
         config: the model's ``PretrainedConfig`` (or its ``config.json`` as a dict).
@@ -571,6 +723,7 @@ def render_model_card(
         "how_to_use": _how_to_use(repo_id, revision, pipeline_tag, model_type),
         "training_data": _training_section(training),
         "evaluation": _evaluation_section(results),
+        "paper_comparison": paper_comparison_section(config, results),
         "citation": CITATION_BIBTEX,
     }
     for key, value in (extra or {}).items():
@@ -784,8 +937,77 @@ def validate_hub_folder(folder: str | Path) -> Path:
     return path
 
 
+#: File names (matched case-insensitively against every part of a path) that look like credentials: never uploaded.
+CREDENTIAL_PATTERNS: tuple[str, ...] = (
+    ".env",
+    ".env.*",
+    "*.env",
+    ".netrc",
+    "_netrc",
+    ".git-credentials",
+    ".pypirc",
+    ".npmrc",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "*.jks",
+    "*.keystore",
+    "id_rsa*",
+    "id_dsa*",
+    "id_ecdsa*",
+    "id_ed25519*",
+    "credentials*",
+    "*credentials.json",
+    "*secret*",
+    "token",
+    "token.*",
+    "token_*",
+    "token-*",
+    "*.token",
+    "*_token",
+    "*_token.*",
+)
+
+
+def _skip_reason(rel: str) -> str | None:
+    """Why a file (relative POSIX path) is never uploaded, or None: hidden, or named like a credential."""
+    parts = rel.split("/")
+    if any(fnmatch.fnmatch(part.lower(), pattern) for part in parts for pattern in CREDENTIAL_PATTERNS):
+        return "looks like a credential"
+    if any(part.startswith(".") for part in parts):
+        return "hidden"
+    return None
+
+
+def _folder_files(folder: str | Path) -> list[str]:
+    root = Path(folder)
+    return sorted(p.relative_to(root).as_posix() for p in root.glob("**/*") if p.is_file())
+
+
+def skipped_upload_files(folder: str | Path) -> list[tuple[str, str]]:
+    """The files :func:`push_to_hub` leaves out because they are hidden or look like credentials, with the reason.
+
+    A model folder has no reason to hold a dotfile, and a ``.env``, ``*.pem`` or ``token`` file left there by accident
+    would be published to everyone who can read the repository. ``.git`` and caches are left out too (silently, as
+    :data:`IGNORE_PATTERNS` says).
+
+    Args:
+        folder: the folder to upload.
+
+    Returns:
+        Sorted ``(relative path, reason)`` pairs, reason "hidden" or "looks like a credential".
+    """
+    from huggingface_hub.utils import filter_repo_objects
+
+    kept = list(filter_repo_objects(_folder_files(folder), ignore_patterns=list(IGNORE_PATTERNS)))
+    return [(rel, reason) for rel in kept if (reason := _skip_reason(rel))]
+
+
 def list_upload_files(folder: str | Path) -> list[str]:
     """Relative POSIX paths of the files :func:`push_to_hub` sends, filtered like ``upload_folder`` does.
+
+    Hidden files and files named like credentials are never sent (:func:`skipped_upload_files` lists them).
 
     Args:
         folder: the folder to upload.
@@ -795,9 +1017,16 @@ def list_upload_files(folder: str | Path) -> list[str]:
     """
     from huggingface_hub.utils import filter_repo_objects
 
-    root = Path(folder)
-    rel = sorted(p.relative_to(root).as_posix() for p in root.glob("**/*") if p.is_file())
-    return list(filter_repo_objects(rel, ignore_patterns=list(IGNORE_PATTERNS)))
+    kept = filter_repo_objects(_folder_files(folder), ignore_patterns=list(IGNORE_PATTERNS))
+    return [rel for rel in kept if _skip_reason(rel) is None]
+
+
+def _upload_ignore_patterns(folder: str | Path) -> list[str]:
+    """``upload_folder``'s ignore list: IGNORE_PATTERNS, every hidden path, and each skipped file by its exact path."""
+    # upload_folder lists the folder itself, so the skipped files go by name (glob-escaped) besides the generic
+    # hidden-path patterns; the credential patterns are matched case-insensitively above, which fnmatchcase is not
+    exact = [glob.escape(rel) for rel, _ in skipped_upload_files(folder)]
+    return [*IGNORE_PATTERNS, ".*", "*/.*", *exact]
 
 
 def push_to_hub(
@@ -824,7 +1053,8 @@ def push_to_hub(
         create_repo: create the repository if it does not exist.
 
     Returns:
-        The relative paths of the files sent (or that would be sent).
+        The relative paths of the files sent (or that would be sent); hidden files and files that look like
+        credentials are never among them (:func:`skipped_upload_files`).
 
     Raises:
         ValueError: the folder fails validation, or ``repo_id`` is malformed.
@@ -854,8 +1084,9 @@ def push_to_hub(
         revision=revision,
         commit_message=commit_message,
         token=token,
-        # A fresh list: upload_folder extends the list it is given in place.
-        ignore_patterns=list(IGNORE_PATTERNS),
+        # A fresh list (upload_folder extends the list it is given in place) that also leaves out hidden files and
+        # anything that looks like a credential.
+        ignore_patterns=_upload_ignore_patterns(path),
     )
     return files
 
@@ -898,6 +1129,11 @@ def _cmd_push(args: argparse.Namespace) -> int:
     print(f"{verb} {len(files)} file(s), {_human_size(sum(sizes.values()))}, to {target}:")
     for name in files:
         print(f"  {_human_size(sizes[name]):>10}  {name}")
+    skipped = skipped_upload_files(folder)
+    if skipped:
+        print(f"Skipped {len(skipped)} file(s), never uploaded:")
+        for name, reason in skipped:
+            print(f"  {name}  ({reason})")
     return 0
 
 
@@ -910,23 +1146,96 @@ def _read_json(path: str | None, what: str) -> Any:
         raise ValueError(f"Cannot read the {what} JSON {path}: {exc}") from exc
 
 
+def card_metrics_from_report(
+    report: Mapping[str, Any], dataset: Mapping[str, Any] | None = None, *, part: str | None = None
+) -> dict[str, Any] | None:
+    """The card metrics (``{"dataset", "values"}``) of a ``metrics.json`` that ``evaluate`` or
+    ``evaluate-segmentation`` writes; None when ``report`` is not such a file (it is then used as it is).
+
+    Classification reports give ``accuracy``, ``macro_precision`` / ``_recall`` / ``_f1`` / ``_specificity``, the
+    bootstrap bounds ``accuracy_ci95_low`` / ``_high`` and ``macro_f1_ci95_low`` / ``_high``, ``sensitivity_<class>``
+    of every class present and ``accuracy_source_<source>``: the names the shipped cards use. Segmentation reports
+    give ``jaccard_<structure>`` and ``dice_<structure>`` (means) and ``num_images``. Undefined values are left out.
+
+    Args:
+        report: the parsed ``metrics.json``.
+        dataset: the card's dataset entry (``name``, ``type``, ``split``); default: from the report's selection.
+        part: ``"global"``: the report's global-classifier part (``evaluate --global-classifier``).
+
+    Raises:
+        ValueError: ``part`` is not in the report.
+    """
+    if part is not None:
+        if not isinstance(report.get(part), Mapping):
+            raise ValueError(f"The metrics JSON has no {part!r} part (was evaluate run with --global-classifier?).")
+        report = {**report[part], "selection": report.get("selection")}
+    values: dict[str, Any] = {}
+    if isinstance(report.get("per_class"), Mapping) and isinstance(report.get("confusion_matrix"), Mapping):
+        for key in ("accuracy", "precision", "recall", "f1", "specificity"):
+            if isinstance(report.get(key), int | float):
+                values["accuracy" if key == "accuracy" else f"macro_{key}"] = round(float(report[key]), 4)
+        for key, name in (("accuracy", "accuracy"), ("f1", "macro_f1")):
+            ci = (report.get("ci95") or {}).get(key)
+            if ci:
+                values[f"{name}_ci95_low"], values[f"{name}_ci95_high"] = round(ci[0], 4), round(ci[1], 4)
+        for cls, m in report["per_class"].items():
+            if m.get("n") and m.get("sensitivity") is not None:
+                values[f"sensitivity_{cls}"] = round(float(m["sensitivity"]), 4)
+        for src, m in (report.get("accuracy_by_source") or {}).items():
+            values[f"accuracy_source_{src}"] = round(float(m["accuracy"]), 4)
+    elif isinstance(report.get("jaccard"), Mapping) and all(
+        isinstance(v, Mapping) and "mean" in v for v in report["jaccard"].values()
+    ):
+        for metric in ("jaccard", "dice"):
+            for structure, stats in (report.get(metric) or {}).items():
+                if isinstance(stats.get("mean"), int | float) and math.isfinite(stats["mean"]):
+                    values[f"{metric}_{structure}"] = round(float(stats["mean"]), 4)
+        if isinstance(report.get("n"), int):
+            values["num_images"] = report["n"]
+    else:
+        return None
+    if dataset is None:
+        selection = report.get("selection") or {}
+        split = selection.get("split")
+        folder = Path(str(selection.get("manifest") or "data")).parent.name or "data"
+        dataset = {
+            "name": f"cxr-hub manifest {folder!r}, {f'split {split}' if split else 'all labelled rows'}",
+            "type": "cxr-hub-manifest",
+            "split": (str(split).partition(":")[2] or str(split)) if split else "all",
+        }
+    return {"dataset": dict(dataset), "values": values}
+
+
 def _cmd_model_card(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
     if not (folder / "config.json").is_file():
-        print(f"error: {folder} has no config.json.", file=sys.stderr)
+        print("error: the model folder has no config.json: pass a folder written by save_pretrained.", file=sys.stderr)
+        return 2
+    output = Path(args.output) if args.output else folder / "README.md"
+    if output.exists() and not args.overwrite:
+        # a card is curated: its measured results and hand-written sections must not vanish by accident
+        print(
+            f"error: {output.name} already exists and may hold measured results and hand-written sections: pass "
+            "--overwrite to replace it, or --output FILE to write the new card elsewhere.",
+            file=sys.stderr,
+        )
         return 2
     try:
         from transformers import AutoConfig
 
         try:
-            config: Any = AutoConfig.from_pretrained(str(folder), trust_remote_code=True)
-        except (ValueError, KeyError, OSError, ImportError) as exc:
-            # A model type that is neither registered nor shipped as code: the card needs only the raw fields.
-            print(f"warning: AutoConfig could not load {folder} ({exc}); using config.json as is.", file=sys.stderr)
+            # no trust_remote_code: the folder's Python files would run; cxr-hub's own types are registered on import
+            config: Any = AutoConfig.from_pretrained(str(folder))
+        except (ValueError, KeyError, OSError, ImportError):
+            # A model type that is not registered: the card needs only the raw fields.
             config = _read_json(str(folder / "config.json"), "config")
+        metrics = _read_json(args.metrics, "metrics")
+        if isinstance(metrics, Mapping):
+            dataset = {"name": args.dataset_name, "type": "cxr-hub-manifest"} if args.dataset_name else None
+            metrics = card_metrics_from_report(metrics, dataset, part="global" if args.use_global else None) or metrics
         card = render_model_card(
             config,
-            metrics=_read_json(args.metrics, "metrics"),
+            metrics=metrics,
             template=args.template,
             model_name=args.model_name or folder.resolve().name,
             repo_id=args.repo_id,
@@ -937,7 +1246,6 @@ def _cmd_model_card(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    output = Path(args.output) if args.output else folder / "README.md"
     output.write_text(card, encoding="utf-8")
     print(f"Wrote {output}")
     return 0
@@ -966,15 +1274,24 @@ def add_parser(subparsers: Any) -> None:
     card = subparsers.add_parser(
         "model-card",
         help="re-render README.md of an exported model folder",
-        description="Renders the model card of an exported folder from its config.json and a metrics JSON. Without "
-        "--metrics the card says the model is not yet evaluated.",
+        description="Renders the model card of an exported folder from its config.json and a metrics JSON (the "
+        "metrics.json of evaluate or evaluate-segmentation, or card metrics). Without --metrics the card says the "
+        "model is not yet evaluated. An existing card is never replaced without --overwrite.",
     )
     card.add_argument("folder", help="exported model folder (with config.json)")
     card.add_argument(
         "--metrics",
         default=None,
-        help='metrics JSON: {"dataset": {"name", "type", "split"}, "values": {name: number}} or {name: number}',
+        help="metrics.json written by evaluate or evaluate-segmentation, or card metrics: "
+        '{"dataset": {"name", "type", "split"}, "values": {name: number}} or {name: number}',
     )
+    card.add_argument(
+        "--global",
+        dest="use_global",
+        action="store_true",
+        help="take the global classifier's part of an evaluate metrics.json (evaluate --global-classifier)",
+    )
+    card.add_argument("--dataset-name", default=None, help="dataset name on the card (default: from the metrics)")
     card.add_argument("--template", default=None, help="template name in model_cards/ or a path to a .md file")
     card.add_argument("--training", default=None, help="training description JSON (a string or a dict)")
     card.add_argument("--repo-id", default=None, help="Hub repository id shown in the usage snippets")
@@ -982,4 +1299,7 @@ def add_parser(subparsers: Any) -> None:
     card.add_argument("--model-name", default=None, help="card title (default: the folder name)")
     card.add_argument("--license", default="apache-2.0", help="Hub license id (default: apache-2.0)")
     card.add_argument("--output", default=None, help="where to write the card (default: FOLDER/README.md)")
+    card.add_argument(
+        "--overwrite", action="store_true", help="replace an existing card (its measured and hand-written content)"
+    )
     card.set_defaults(func=_cmd_model_card)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import struct
 import threading
@@ -26,7 +27,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .models.image_processing_cxr import MAX_PIXELS, MIN_SIDE, CXRInputError, validate_image_array
 
-__all__ = ["SUPPORTED_EXTENSIONS", "CXRInputError", "is_dicom", "load_image"]
+__all__ = ["REDUCE_ABOVE_PIXELS", "SUPPORTED_EXTENSIONS", "CXRInputError", "is_dicom", "load_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,13 @@ SUPPORTED_EXTENSIONS: tuple[str, ...] = (
 )
 
 _DICOM_EXTENSIONS = (".dcm", ".dicom")
+
+#: Images with more pixels than this (20 MP) are reduced by :func:`load_image`, by the smallest integer factor that
+#: brings them under it (an exact box average of f x f blocks; JPEG is decoded at the reduced scale directly). No
+#: chest X-ray detector produces that many (43 x 43 cm at 100 um is 18.5 MP), and the method never looks at more than
+#: its 1024 x 1024 classifier frame, so a reduced image still gives the same frames to the networks, while a 49 MP
+#: upload no longer costs 20 s and 3 GB of memory at its full size in every later step.
+REDUCE_ABOVE_PIXELS = 20_000_000
 
 # Only the formats cxr-hub supports: PIL's other plugins (TGA, PCX, ...) have weak magic numbers and would happily
 # "identify" random bytes, and every extra parser is extra attack surface for uploaded files.
@@ -135,8 +143,16 @@ def load_image(src: ImageSource, *, source_name: str | None = None) -> np.ndarra
             file", "File 'scan.dcm'"); default ``File '<the path>'``. Pass it when messages are shown to someone
             else or written to a report: directory and file names can carry patient names.
 
+    Size:
+        Images above :data:`REDUCE_ABOVE_PIXELS` (20 MP) are reduced by the smallest integer factor f that brings
+        them under it: each output pixel is the mean of an f x f block (trailing rows/columns that do not fill a block
+        are dropped); JPEG is decoded at 1/2, 1/4 or 1/8 scale directly. Pixel-valued results computed from the
+        image (areas and widths in pixels) then refer to the reduced image; ratios and fractions do not change.
+        Images above 60 MP are refused (a guard against decompression bombs), before any pixel is decoded.
+
     Returns:
-        float32 array of shape (H, W), finite, not constant, with 64 <= H, W and H * W <= 60 megapixels.
+        float32 array of shape (H, W), finite, not constant, with 64 <= H, W and H * W <= 20 megapixels (up to
+        60 for an aspect ratio so extreme that reducing it would leave a side under 64).
         Always a new array, never a view of ``src``.
 
     Raises:
@@ -146,27 +162,78 @@ def load_image(src: ImageSource, *, source_name: str | None = None) -> np.ndarra
     """
     if isinstance(src, np.ndarray):
         arr = _from_array(src)
-        out = validate_image_array(arr)
+        out = _reduce_if_huge(validate_image_array(arr))
         # validate_image_array returns its input unchanged when it is already float32; callers must be free to
         # modify the result without touching their own array.
         return out.copy() if np.may_share_memory(out, src) else _finish(out)
     if isinstance(src, Image.Image):
-        return _finish(validate_image_array(_from_pil(src, source_bytes=None, what="The PIL image")))
+        what = "The PIL image"
+        return _finish(validate_image_array(_reduce_if_huge(_decode(_from_pil, src, None, what=what))))
     if isinstance(src, (bytes, bytearray, memoryview)):
-        return _finish(validate_image_array(_from_bytes(bytes(src), suffix="", what="The input data")))
+        what = "The input data"
+        return _finish(validate_image_array(_reduce_if_huge(_decode(_from_bytes, bytes(src), "", what=what))))
     if isinstance(src, (str, os.PathLike)):
         data, path = _read_path(src, source_name)
         what = source_name or f"File '{path}'"
-        return _finish(validate_image_array(_from_bytes(data, suffix=path.suffix.lower(), what=what)))
+        arr = _decode(_from_bytes, data, path.suffix.lower(), what=what)
+        return _finish(validate_image_array(_reduce_if_huge(arr)))
     if callable(getattr(src, "read", None)):
         data = _read_file_object(src)
         name = getattr(src, "name", "")
         suffix = Path(name).suffix.lower() if isinstance(name, str) else ""
-        return _finish(validate_image_array(_from_bytes(data, suffix=suffix, what="The file object's data")))
+        arr = _decode(_from_bytes, data, suffix, what="The file object's data")
+        return _finish(validate_image_array(_reduce_if_huge(arr)))
     raise CXRInputError(
         f"Unsupported input type {type(src).__name__}: pass a file path, the file's bytes, a binary file object, "
         "a PIL image or a numpy array."
     )
+
+
+def _decode(decoder: Any, source: Any, extra: Any, what: str) -> np.ndarray:
+    """``decoder(source, extra, what=what)`` with every decoder failure turned into a CXRInputError.
+
+    The specific handlers below name what went wrong; this is the net under them. A decoder can fail in ways no
+    handler foresaw (PIL's TIFF plugin raises ``TypeError: Missing dimensions`` for one wrong header byte, and only
+    when the frame count is asked for), and a broken file must never surface as a traceback that aborts a batch.
+    Only the exception's type is quoted: a DICOM decoder's message can carry header values.
+    """
+    try:
+        return decoder(source, extra, what=what)
+    except (CXRInputError, MemoryError):
+        raise
+    except Exception as exc:
+        raise CXRInputError(
+            f"{what} could not be decoded ({type(exc).__name__}); it is truncated, corrupt or not a supported "
+            "image. Re-export or re-download the image."
+        ) from None
+
+
+def _reduce_factor(width: int, height: int) -> int:
+    """The smallest integer factor that brings an image under REDUCE_ABOVE_PIXELS (1: keep it as it is).
+
+    Never so large that a side drops below MIN_SIDE (extreme aspect ratios): then the image stays larger.
+    """
+    if width * height <= REDUCE_ABOVE_PIXELS:
+        return 1
+    f = max(2, math.ceil(math.sqrt(width * height / REDUCE_ABOVE_PIXELS)))
+    while (width // f) * (height // f) > REDUCE_ABOVE_PIXELS:
+        f += 1
+    f = min(f, min(width, height) // MIN_SIDE)
+    return f if f >= 2 else 1
+
+
+def _reduce_if_huge(arr: np.ndarray) -> np.ndarray:
+    """Box-averages a 2-D image above REDUCE_ABOVE_PIXELS by an integer factor (see load_image's "Size")."""
+    if arr.ndim != 2:
+        return arr  # validation refuses it with the right message
+    h, w = arr.shape
+    f = _reduce_factor(w, h)
+    if f == 1:
+        return arr
+    hh, ww = h // f, w // f
+    # splitting both axes of a (possibly cropped) view never copies; float32 accumulation of f * f samples is exact
+    # for integer images of up to 16 bits and f <= 16
+    return arr[: hh * f, : ww * f].reshape(hh, f, ww, f).mean(axis=(1, 3), dtype=np.float32)
 
 
 def _finish(arr: np.ndarray) -> np.ndarray:
@@ -298,14 +365,22 @@ def _from_encoded_pil(data: bytes, what: str) -> np.ndarray:
 
 
 def _from_pil(img: Image.Image, source_bytes: bytes | None, what: str) -> np.ndarray:
-    """Decodes a PIL image (size-checked first) to a 2-D array at its original bit depth, upright."""
-    width, height = img.size
-    _check_header_size(width, height, what)
-    if getattr(img, "n_frames", 1) > 1 and img.format != "MPO":  # MPO: camera JPEG with extra previews; frame 0 is it
-        raise CXRInputError(
-            f"{what} has {img.n_frames} frames/pages; cxr-hub reads single-frame images only. Export one frame."
-        )
+    """Decodes a PIL image (size-checked first) to a 2-D array at its original bit depth, upright.
+
+    A JPEG above REDUCE_ABOVE_PIXELS is decoded at a reduced DCT scale (``draft``), which never decodes the full size.
+    """
     try:
+        # inside the try: reading the frame count parses more of the header (TIFF: every IFD), which can fail too
+        width, height = img.size
+        _check_header_size(width, height, what)
+        n_frames = getattr(img, "n_frames", 1)
+        if n_frames > 1 and img.format != "MPO":  # MPO: camera JPEG with extra previews; frame 0 is the image
+            raise CXRInputError(
+                f"{what} has {n_frames} frames/pages; cxr-hub reads single-frame images only. Export one frame."
+            )
+        factor = _reduce_factor(width, height)
+        if factor > 1 and img.format == "JPEG" and source_bytes is not None:  # our own image object, not the caller's
+            img.draft(None, (width // factor, height // factor))
         img.load()
         orientation = _exif_orientation(img)
         if source_bytes is not None and _pil_truncates_bit_depth(img, source_bytes):

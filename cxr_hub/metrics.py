@@ -13,6 +13,11 @@ STRUCTURE_LABELS: dict[str, tuple[int, ...]] = {
     "left_lung": (2,),
     "right_lung": (3,),
 }
+#: Lung scored against references whose lungs include the lung behind the heart (v7labs polygons, no heart): our lung
+#: labels plus our heart labels *inside* the reference lungs, against the reference lungs. Our masks follow the SCR
+#: convention, where that region is heart; the strict "lung" score counts it as missed lung.
+CONVENTION_AWARE_LUNG = "lung_convention_aware"
+SCORED_NAMES: tuple[str, ...] = (*STRUCTURE_LABELS, CONVENTION_AWARE_LUNG)
 
 
 def overlap_scores(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
@@ -40,15 +45,21 @@ def structure_scores(
     Args:
         pred_map: (H, W) predicted labels.
         target_map: (H, W) reference labels.
-        structures: names from ``STRUCTURE_LABELS`` to score (skip those the reference does not annotate).
+        structures: names from ``STRUCTURE_LABELS`` to score (skip those the reference does not annotate), and
+            :data:`CONVENTION_AWARE_LUNG` for references without a heart.
 
     Returns:
         ``{"jaccard": {structure: value}, "dice": {structure: value}}``.
     """
     out: dict[str, dict[str, float]] = {"jaccard": {}, "dice": {}}
     for name in structures:
-        labels = STRUCTURE_LABELS[name]
-        j, d = overlap_scores(np.isin(pred_map, labels), np.isin(target_map, labels))
+        if name == CONVENTION_AWARE_LUNG:
+            ref = np.isin(target_map, STRUCTURE_LABELS["lung"])
+            ours = np.isin(pred_map, STRUCTURE_LABELS["lung"]) | (np.isin(pred_map, STRUCTURE_LABELS["heart"]) & ref)
+            j, d = overlap_scores(ours, ref)
+        else:
+            labels = STRUCTURE_LABELS[name]
+            j, d = overlap_scores(np.isin(pred_map, labels), np.isin(target_map, labels))
         out["jaccard"][name] = j
         out["dice"][name] = d
     return out
@@ -66,7 +77,7 @@ def summarize_scores(per_image: Sequence[Mapping[str, Mapping[str, float]]]) -> 
     """Aggregates ``structure_scores`` outputs: ``{metric: {structure: {"mean", "std", "n"}}}``."""
     result: dict[str, dict[str, dict[str, float]]] = {"jaccard": {}, "dice": {}}
     for metric in result:
-        for name in STRUCTURE_LABELS:
+        for name in SCORED_NAMES:
             vals = [s[metric][name] for s in per_image if name in s.get(metric, {})]
             if vals:
                 result[metric][name] = summarize(vals)

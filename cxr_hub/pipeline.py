@@ -2,9 +2,11 @@
 
 Two halves, so an interactive app can cache the expensive, parameter-free part:
 
-* :meth:`CXRPipeline.prepare` (per image): load, the paper's preprocessing, lung/heart segmentation at the
-  segmentation model's size (256), the label map and lung mask at the original size, the lung-masked, normalised
-  classifier frame (1024) and the biomarkers → :class:`PreparedImage`.
+* :meth:`CXRPipeline.prepare` (per image): load, the input-validity check (:mod:`cxr_hub.validity`: is this a
+  frontal chest X-ray? a refusal raises before anything is classified; ``check_input=False`` turns it into a
+  warning), the paper's preprocessing, lung/heart segmentation at the segmentation model's size (256), the label
+  map and lung mask at the original size, the lung-masked, normalised classifier frame (1024) and the biomarkers →
+  :class:`PreparedImage`. :meth:`CXRPipeline.check` runs the check alone.
 * :meth:`CXRPipeline.analyze` (per K / patch size / seed / classes): patch sampling, batched classification, majority
   vote, probabilistic Grad-CAM, and the optional global classifier → :class:`PipelineResult`.
 
@@ -25,17 +27,21 @@ Rules (see :mod:`cxr_hub.patches` and :mod:`cxr_hub.saliency` for the functions)
   zero-padded.
 * A ``patch_size`` other than the classifier's trained ``config.patch_size`` is cropped at that size, resized to
   ``config.input_size`` and flagged in ``warnings``.
-* Majority vote; ties → highest mean probability → lowest class index. Same seed → identical result.
-* Speed: all K patches go through the network in chunks of ``chunk_size`` under ``torch.inference_mode``; on CUDA
-  (used when present) and on CPUs with native bf16 (AMX or AVX512-BF16) with bf16 autocast, elsewhere in fp32;
-  channels_last throughout. On that bf16 path the classifiers run with their batch norms folded into the
-  convolutions (:mod:`cxr_hub.fusion`); the fp32 path runs them exactly as loaded. bf16 on the CPU was validated
-  against fp32 on 100 real test films with the shipped classifier (``benchmarks/precision_agreement.py``). On x86
-  CPUs with int8 dot products (VNNI, AMX) a classifier whose config carries an int8 calibration runs its backbone in
-  int8 instead (:mod:`cxr_hub.quantization`), once that too was validated on real films (:data:`INT8_VALIDATED`).
+* Majority vote; ties → highest mean probability → lowest class index. Same seed → identical result; ``seed=None``
+  draws a seed (:func:`resolve_seed`) and ``PipelineResult.seed`` records it, so every result can be replayed.
+* Speed: all K patches go through the network in chunks of ``chunk_size`` under ``torch.inference_mode``,
+  channels_last throughout. ``precision="auto"`` picks, per classifier: int8 (the backbone quantised,
+  :mod:`cxr_hub.quantization`) on x86 CPUs with int8 dot products (VNNI, AMX) for a classifier whose config carries
+  an int8 calibration, once validated on real films (:data:`cxr_hub.quantization.INT8_VALIDATED`); else bf16
+  autocast on CUDA (used when present) and on CPUs with native bf16 (AMX or AVX512-BF16); else fp32. On the bf16
+  path the classifiers run with their batch norms folded into the convolutions (:mod:`cxr_hub.fusion`); the fp32
+  path runs them exactly as loaded. Both reduced precisions were validated against fp32 on real test films with the
+  shipped classifier (``benchmarks/precision_agreement.py``). The segmentation runs in bf16 under "auto" only where
+  that was validated end to end (see ``segmentation_precision`` in :class:`CXRPipeline`), else in fp32.
 * Saliency costs no backward pass: for the GAP + linear head, Grad-CAM maps follow from the voting pass's layer4
   features (:func:`cxr_hub.saliency.gradcam_from_features`); the un-normalised maps of every class are kept from
-  that pass (K x C x 7 x 7 floats), so no second forward pass is needed for any requested class.
+  that pass (K x C x 7 x 7 floats), so no second forward pass is needed for any requested class. An empty saliency
+  selection (``saliency_classes=[]`` or ``""``) computes no map at all.
 * Eq. (5): per-patch maps normalised to [0, 1] (``normalize_cams``), times the patch's class probability, pasted,
   summed and divided by the per-pixel patch count; computed in the 1024 frame and resized to the original size.
 * Too little lung (below ``min_lung_fraction`` of the image, default 5 %) gives a warning, no lung at all a
@@ -50,6 +56,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import operator
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -73,9 +80,11 @@ from .models import (
     image_processor_for,
 )
 from .patches import DEFAULT_SAMPLING, SAMPLING_MODES, crop_patches, majority_vote, sample_patch_boxes
+from .postprocessing import clean_label_map, uses_postprocessing
 from .preprocessing import map_boxes, preprocess_cxr, resize_image, resize_label_map
 from .quantization import INT8_VALIDATED, Int8CalibrationError, cpu_has_int8, quantize_int8
 from .saliency import gradcam_from_features, normalize_cams, probabilistic_gradcam
+from .validity import Calibration, InputValidator, ValidityReport, source_colour_share
 
 __all__ = [
     "PRECISIONS",
@@ -85,6 +94,7 @@ __all__ = [
     "PatchSample",
     "PipelineResult",
     "PreparedImage",
+    "resolve_seed",
 ]
 
 #: Segmentation precisions (and the classifier's, which may also be "int8": :data:`CLASSIFIER_PRECISIONS`).
@@ -96,8 +106,8 @@ CLASSIFIER_PRECISIONS = (*PRECISIONS, "int8")
 VOTING_MODES = ("exact", "dense")
 #: Whether ``segmentation_precision="auto"`` may use bf16: set only after the end-to-end check on real films
 #: (``benchmarks/precision_agreement.py --segmentation-bf16``) met the project's rule. It failed with the index-based
-#: sampler (30 films: 1 label changed, mean |Δp| 0.0072) and passed with the stable sampler, the default since
-#: 2026-12-01 (100 test films: 99 same labels, the other a 48:47 vote that became 47:48; mean |Δp| 0.0010;
+#: sampler (30 films: 1 label changed, mean |Δp| 0.0072) and passed with the stable sampler, the default
+#: (100 test films: 99 same labels, the other a 48:47 vote that became 47:48; mean |Δp| 0.0010;
 #: ``docs/results/segmentation_bf16_agreement_label4.json``). That check covers the patch classifier; the global
 #: classifier changed 4 of 172 test labels with bf16 masks, so "auto" keeps fp32 when one is loaded.
 SEGMENTATION_BF16_VALIDATED = True
@@ -108,6 +118,41 @@ INT8_WITH_BF16_SEGMENTATION_VALIDATED = True
 
 #: Below this share of the image segmented as lung, a result is flagged as unreliable.
 DEFAULT_MIN_LUNG_FRACTION = 0.05
+
+#: ``seed=None`` draws a seed in ``[0, SEED_LIMIT)`` from fresh OS entropy and records it in the result. The range is
+#: the app's seed box (0 … 2**32 - 1) and exact in any JSON reader, so every result can be replayed anywhere.
+SEED_LIMIT = 2**32
+
+
+def _integer(name: str, value: Any) -> int:
+    """``value`` as a Python int: ints and numpy integers pass; bools, floats (even 3.0) and strings raise."""
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise ValueError(f"{name} must be an integer (a Python or numpy int), got {value!r} ({type(value).__name__}).")
+
+
+def resolve_seed(seed: int | np.integer | None) -> int:
+    """The patch sampler's seed as it is used and recorded: a Python int, freshly drawn for None.
+
+    Args:
+        seed: a non-negative integer (Python or numpy), or None to draw one from fresh OS entropy
+            (``np.random.SeedSequence().entropy`` reduced to ``[0, SEED_LIMIT)``).
+
+    Returns:
+        The seed as a Python int (what ``PipelineResult.seed`` records, so ``seed=result.seed`` replays a result).
+
+    Raises:
+        ValueError: a bool, a negative number, a float or anything else that is not an integer.
+    """
+    if seed is None:
+        return int(np.random.SeedSequence().entropy % SEED_LIMIT)
+    value = _integer("seed", seed)
+    if value < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {value}.")
+    return value
 
 
 @functools.cache
@@ -168,7 +213,8 @@ class PreparedImage:
         frame_mask: (S, S) bool lung mask in that frame (nearest resize of ``lung_mask``); patch centres come from it.
         biomarkers: cardiothoracic ratio, lung intensity, lung areas.
         timings: ms per stage (load, preprocess, segment, biomarkers, total).
-        warnings: image-level warnings (too little lung, no heart).
+        warnings: image-level warnings (too little lung, no heart, the input check turned off).
+        input_check: the input-validity check's scores and decision (:class:`cxr_hub.validity.ValidityReport`).
         patch_cache: patch probabilities and Grad-CAM maps already computed for this image, per (classifier,
             precision, sampling, patch size, seed), in whole chunks (see :meth:`CXRPipeline.analyze`); lets a K
             change re-use the patches it shares with an earlier call; with dense voting, the whole-frame feature
@@ -185,6 +231,7 @@ class PreparedImage:
     biomarkers: Biomarkers
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    input_check: ValidityReport | None = field(default=None, repr=False, compare=False)
     patch_cache: dict[tuple, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def remember(self, key: tuple, value: Any) -> None:
@@ -214,7 +261,7 @@ class PatchSample:
         boxes: (k, 4) float64 the same edges in original-image pixels (not rounded).
         k: number of patches.
         patch_size: patch side as cut from the classifier frame.
-        seed: seed of the sampler.
+        seed: seed of the sampler, as a Python int (the one drawn when None was asked for).
     """
 
     centers_1024: np.ndarray
@@ -222,7 +269,7 @@ class PatchSample:
     boxes: np.ndarray
     k: int
     patch_size: int
-    seed: int | None
+    seed: int
 
 
 @dataclass
@@ -241,21 +288,26 @@ class PipelineResult:
         patch_boxes: (k, 4) float64 ``(x0, y0, x1, y1)`` patch edges in original-image pixels (not rounded).
         patch_boxes_1024: (k, 4) int64 patch edges in the classifier frame (1024).
         patch_centers_1024: (k, 2) int64 ``(x, y)`` sampled centres in the classifier frame.
-        saliency: class → (H, W) float32 probabilistic Grad-CAM (eq. 5), in [0, 1] with normalised cams.
+        saliency: class → (H, W) float32 probabilistic Grad-CAM (eq. 5), in [0, 1] with normalised cams; {} when
+            an empty saliency selection was asked for.
         saliency_in_lung: class → share of the map's mass inside the lung mask, in [0, 1]; NaN for an all-zero map.
         global_label: the global classifier's argmax class (None without a global classifier).
         global_probabilities: class → its softmax probability.
-        global_saliency: class → (H, W) float32 Grad-CAM of the whole masked image, in [0, 1] when normalised.
+        global_saliency: class → (H, W) float32 Grad-CAM of the whole masked image, in [0, 1] when normalised;
+            None without a global classifier, {} with an empty saliency selection.
         biomarkers: cardiothoracic ratio, lung intensity, lung areas (see :mod:`cxr_hub.biomarkers`).
         k: number of patches.
         patch_size: patch side as cut from the classifier frame.
-        seed: seed of the patch sampler.
+        seed: seed of the patch sampler as a Python int: the one given, or the one drawn for ``seed=None``, so
+            ``seed=result.seed`` reproduces the result.
         image_size: (H, W) of the original image.
         timings: ms per stage: load, preprocess, segment, biomarkers, sample, classify, saliency, global, analyze
             (all analysis stages) and total (prepare + analyze; for a cached PreparedImage the prepare part is what it
             cost when prepared).
         device: torch device the networks ran on, e.g. "cpu" or "cuda:0".
         warnings: everything that makes the result less trustworthy, in words.
+        input_check: the input-validity check's scores and decision (:class:`cxr_hub.validity.ValidityReport`; in
+            ``to_dict()`` as ``input_check``), the same object as the prepared image's.
     """
 
     label: str
@@ -274,7 +326,7 @@ class PipelineResult:
     biomarkers: Biomarkers
     k: int
     patch_size: int
-    seed: int | None
+    seed: int
     image_size: tuple[int, int]
     timings: dict[str, float]
     device: str
@@ -282,6 +334,7 @@ class PipelineResult:
     global_label: str | None = None
     global_probabilities: dict[str, float] | None = None
     global_saliency: dict[str, np.ndarray] | None = None
+    input_check: ValidityReport | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self, include_maps: bool = False) -> dict[str, Any]:
         """JSON-serialisable summary (plain lists and numbers; NaN becomes None).
@@ -316,6 +369,7 @@ class PipelineResult:
             "timings": dict(self.timings),
             "device": self.device,
             "warnings": list(self.warnings),
+            "input_check": self.input_check.to_dict() if self.input_check is not None else None,
         }
         if include_maps:
             out["label_map"] = self.label_map.astype(int).tolist()
@@ -411,10 +465,10 @@ class CXRPipeline:
             ``docs/results/int8_agreement_label4.json``.
         segmentation_precision: the segmentation network's precision, same choices. Its label map decides where
             every patch goes, so "auto" turns bf16 on only where it was validated end to end on real films (see
-            :data:`SEGMENTATION_BF16_VALIDATED`): on the devices where ``precision="auto"`` uses bf16 (in front of
-            an int8 classifier only once :data:`INT8_WITH_BF16_SEGMENTATION_VALIDATED`), only with
-            ``sampling="stable"`` (with the other samplers a mask that differs by a few pixels moves every patch,
-            and bf16 failed the check), and only without a global classifier (the global model sees the mask's
+            :data:`SEGMENTATION_BF16_VALIDATED`): only on devices with native bf16 (CUDA; CPUs with AMX or
+            AVX512-BF16), in front of an int8 classifier only once :data:`INT8_WITH_BF16_SEGMENTATION_VALIDATED`,
+            only with ``sampling="stable"`` (with the other samplers a mask that differs by a few pixels moves every
+            patch, and bf16 failed the check), and only without a global classifier (the global model sees the mask's
             outline in its whole-image input: bf16 masks changed 4 of its 172 test labels). Set "fp32" for the
             network exactly as trained (about 2x slower on this CPU).
         voting: "exact" (default: K patches cropped and classified, the paper) or "dense" (**experimental**, a
@@ -433,8 +487,8 @@ class CXRPipeline:
         sampling: "stable" (default: centres uniform over lung pixels, drawn from a mask-independent stream of
             frame positions, so a mask that changes by a few pixels keeps almost every patch), "joint" (the same
             distribution drawn by index into the lung pixels, as in training; every patch moves when the mask
-            gains or loses a pixel; the pipeline's default before 2026-12-01) or "independent" (the authors'
-            row/column scheme). See :func:`cxr_hub.patches.sample_patch_centers`.
+            gains or loses a pixel) or "independent" (the authors' row/column scheme). See
+            :func:`cxr_hub.patches.sample_patch_centers`.
         min_lung_fraction: below this share of the image segmented as lung, the result carries a warning.
         frame_config: a ``PatchClassifierConfig`` (``mode="patch"``) that defines the classifier frame (size, gamma,
             equalisation, mean/std) and the default patch size and K when there is no classifier. None → the
@@ -444,6 +498,13 @@ class CXRPipeline:
         reuse_patches: keep each prepared image's patch probabilities and Grad-CAM maps per (patch size, seed) so a
             later :meth:`analyze` with another K re-uses the patches the two draws share (results are bit-identical
             to a fresh run; see :meth:`_classify_reusing`). Costs K x C x 7 x 7 floats per entry.
+        check_input: refuse, in :meth:`prepare`, what the input-validity check (:mod:`cxr_hub.validity`) says is not
+            a frontal chest X-ray, with a :class:`cxr_hub.validity.NotAFrontalCXRError` (default). False, for
+            research: every check is still measured and reported, nothing is refused, and every result carries a
+            warning (saying what the check would have decided).
+        validity: the check's calibration: None → the one in ``cxr_hub/data/validity.json`` for this segmentation
+            model, found by the fingerprint of its weights (none there → the image checks only, and each report
+            says so); a :class:`cxr_hub.validity.Calibration` to use as it is; or the path of another validity file.
     """
 
     def __init__(
@@ -463,6 +524,8 @@ class CXRPipeline:
         min_lung_fraction: float = DEFAULT_MIN_LUNG_FRACTION,
         frame_config: PatchClassifierConfig | None = None,
         reuse_patches: bool = True,
+        check_input: bool = True,
+        validity: Calibration | str | Path | None = None,
     ) -> None:
         if precision not in CLASSIFIER_PRECISIONS:
             raise ValueError(f"precision must be one of {CLASSIFIER_PRECISIONS}, got {precision!r}.")
@@ -508,6 +571,9 @@ class CXRPipeline:
         self.sampling = sampling
         self.min_lung_fraction = float(min_lung_fraction)
         self.reuse_patches = bool(reuse_patches)
+        self.check_input = bool(check_input)
+        #: the input-validity check (its calibration is looked up before the model is moved: the same weights)
+        self.validator = InputValidator.for_segmentation(segmentation_model, validity)
         self.segmentation_model = self._place(segmentation_model)
         self.classifier_model = self._place(classifier_model) if classifier_model is not None else None
         self.global_classifier = self._place(global_classifier) if global_classifier else None
@@ -638,8 +704,10 @@ class CXRPipeline:
         Returns:
             JSON-ready dict: device, sampling, voting, chunk size, classifier and segmentation precision (the
             option and what it resolved to here: "int8", "bf16" or "fp32", for the patch and the global classifier),
-            batch-norm folding, channels_last, Grad-CAM normalisation, and ``int8_unavailable``: why a classifier
-            could not run in int8 where the precision asked for it (e.g. no calibration in its config).
+            batch-norm folding, channels_last, Grad-CAM normalisation, ``int8_unavailable``: why a classifier
+            could not run in int8 where the precision asked for it (e.g. no calibration in its config),
+            ``check_input`` and ``input_check_calibration`` (the segmentation model the input check's anatomy part
+            was calibrated on; None: image checks only).
         """
         return {
             "device": str(self.device),
@@ -661,6 +729,9 @@ class CXRPipeline:
                 for name, model in self._classifiers()
                 if id(model) in self._int8 and self._int8[id(model)][1] is None
             },
+            "check_input": self.check_input,
+            # which segmentation model the anatomy checks were calibrated on (None: image checks only)
+            "input_check_calibration": self.validator.calibration.name if self.validator.calibration else None,
         }
 
     def _uses_bf16(self, precision: str) -> bool:
@@ -723,22 +794,47 @@ class CXRPipeline:
 
     # ------------------------------------------------------------------ prepare
 
-    def prepare(self, image: ImageSource) -> PreparedImage:
-        """Load, preprocess, segment and compute the classifier frame and biomarkers of one image.
+    def check(
+        self, image: ImageSource, *, source_name: str | None = None, source: ImageSource | None = None
+    ) -> ValidityReport:
+        """The input-validity check alone: every check's score and the decision, nothing refused, nothing prepared.
+
+        Loads, preprocesses and segments the image exactly as :meth:`prepare` does (the segmentation runs even when
+        an image check fails, so every score is measured). For "would this be refused?" without the frame and
+        biomarkers, and for calibrating the check (``training/calibrate_validity.py``).
 
         Args:
-            image: anything :func:`cxr_hub.load_image` accepts (path, bytes, file object, PIL image, array).
+            image, source_name, source: as in :meth:`prepare`.
 
         Returns:
-            PreparedImage, reusable for any number of :meth:`analyze` calls.
+            The :class:`cxr_hub.validity.ValidityReport`; ``report.accepted`` is :meth:`prepare`'s decision.
 
         Raises:
-            CXRInputError: unreadable image, or no lung segmented at all ("is this a frontal chest X-ray?").
+            CXRInputError: the image cannot be read.
         """
-        timer = _Timer(self.device)
-        start = time.perf_counter()
+        report = self._load_and_check(image, source_name, source, _Timer(self.device), enforce=False)[-1]
+        report.enforced = self.check_input
+        return report
+
+    def _load_and_check(
+        self, image: ImageSource, source_name: str | None, source: ImageSource | None, timer: _Timer, enforce: bool
+    ) -> tuple[np.ndarray, np.ndarray, tuple[bool, float | None], torch.Tensor, ValidityReport]:
+        """Load → image checks → preprocessing → segmentation network → segmentation checks.
+
+        Returns ``(image, preprocessed, preprocess params, float32 logits, report)``; with ``enforce`` a failing
+        check raises its :class:`cxr_hub.validity.NotAFrontalCXRError` as soon as it fails.
+        """
+        colour_source = image if source is None else source
+        position = _position(colour_source)  # a file object: where load_image starts, so the colour check re-reads
+        subject = source_name or "The image"
         with timer.stage("load"):
-            img = load_image(image)
+            img = load_image(image, source_name=source_name)
+        with timer.stage("input_check"):
+            chroma = self.validator.image_thresholds.colour_chroma
+            report = self.validator.check_image(img, _colour_share(colour_source, position, chroma))
+            report.enforced = enforce
+        if enforce and not report.accepted:
+            raise report.error(subject)  # before the segmentation: a refused image costs no network pass
         cls_proc, seg_proc = self.frame_processor, self.segmentation_processor
         params = (cls_proc.do_equalize, cls_proc.gamma)
         with timer.stage("preprocess"):
@@ -752,9 +848,53 @@ class CXRPipeline:
             with torch.inference_mode():
                 with self._autocast(self._segmentation_uses_bf16()):
                     logits = self.segmentation_model(x).logits
-                # upsampling and argmax in fp32 whatever the network ran in
-                label_map = seg_proc.post_process_semantic_segmentation(logits.float(), target_sizes=[img.shape])[0]
+                logits = logits.float()  # the check, upsampling and argmax in fp32 whatever the network ran in
+        with timer.stage("input_check"), torch.inference_mode():
+            probs = torch.softmax(logits[0], dim=0).cpu().numpy()
+            gray = (seg_input * seg_proc.image_std + seg_proc.image_mean) * 255.0  # the input's gray levels, 0-255
+            if gray.shape != probs.shape[1:]:
+                gray = resize_image(gray, probs.shape[1:])
+            report = self.validator.check_segmentation(report, gray, probs)
+        report.ms = timer.ms["input_check"]  # the whole check: colour read, softmax and measurements included
+        if enforce and not report.accepted:
+            raise report.error(subject)
+        return img, pre, params, logits, report
+
+    def prepare(
+        self, image: ImageSource, *, source_name: str | None = None, source: ImageSource | None = None
+    ) -> PreparedImage:
+        """Load, check, preprocess, segment and compute the classifier frame and biomarkers of one image.
+
+        The input-validity check (:mod:`cxr_hub.validity`) runs here, before anything is classified: its image
+        checks right after loading (a refusal costs no segmentation), the rest on the segmentation's output. With
+        ``check_input=True`` (default) a failing check raises; otherwise the result carries a warning.
+
+        Args:
+            image: anything :func:`cxr_hub.load_image` accepts (path, bytes, file object, PIL image, array).
+            source_name: how messages name the input ("The uploaded file", "File 'a.png'"); default "The image".
+                Also passed to :func:`cxr_hub.load_image` for its messages about a path.
+            source: where an already-decoded ``image`` array came from (the path, bytes or PIL image), so the colour
+                check can read the colour that :func:`cxr_hub.load_image` turned into gray; None → ``image`` itself.
+
+        Returns:
+            PreparedImage, reusable for any number of :meth:`analyze` calls; ``input_check`` holds the check's
+            scores.
+
+        Raises:
+            cxr_hub.validity.NotAFrontalCXRError: the input-validity check refused the input (a colour photograph,
+                a lateral film, a CT slice, a rotated or inverted film, ...; ``exc.report`` has the scores).
+            CXRInputError: unreadable image, or no lung segmented at all ("is this a frontal chest X-ray?").
+        """
+        timer = _Timer(self.device)
+        start = time.perf_counter()
+        img, pre, params, logits, report = self._load_and_check(image, source_name, source, timer, self.check_input)
+        cls_proc, seg_proc = self.frame_processor, self.segmentation_processor
+        with timer.stage("segment"):
+            with torch.inference_mode():
+                label_map = seg_proc.post_process_semantic_segmentation(logits, target_sizes=[img.shape])[0]
             label_map = label_map.astype(np.uint8)
+            if uses_postprocessing(self.segmentation_model.config):
+                label_map, _ = clean_label_map(label_map)
             lung_mask = (label_map == LEFT_LUNG) | (label_map == RIGHT_LUNG)
         if not lung_mask.any():
             raise CXRInputError(
@@ -781,6 +921,8 @@ class CXRPipeline:
                 "result unreliable"
             )
         notes.extend(markers.warnings)
+        if not self.check_input:
+            notes.append(report.warning())
         timer.ms["total"] = (time.perf_counter() - start) * 1e3
         return PreparedImage(
             image=img,
@@ -793,6 +935,7 @@ class CXRPipeline:
             biomarkers=markers,
             timings=timer.ms,
             warnings=notes,
+            input_check=report,
         )
 
     @staticmethod
@@ -810,7 +953,8 @@ class CXRPipeline:
     def resolve_classes(self, saliency_classes: str | Sequence[str | int] | None, predicted: int) -> list[int]:
         """Class indices for saliency: None → the predicted class; "all" → every class; names or indices.
 
-        A string may list several names separated by commas ("normal,viral_covid").
+        A string may list several names separated by commas ("normal,viral_covid"). An empty sequence, or a string
+        with no name in it ("", ","), gives [] (no saliency).
         """
         names = self.class_names
         if saliency_classes is None:
@@ -832,17 +976,18 @@ class CXRPipeline:
         return out
 
     def classify_patches(
-        self, frame: np.ndarray | torch.Tensor, boxes: np.ndarray
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, frame: np.ndarray | torch.Tensor, boxes: np.ndarray, with_cams: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Runs all patches through the classifier in chunks and keeps every class's Grad-CAM from the same pass.
 
         Args:
             frame: (S, S) normalised, lung-masked classifier frame.
             boxes: (K, 4) int patch edges in that frame.
+            with_cams: also compute the Grad-CAM maps; False skips them (the vote alone).
 
         Returns:
             ``(probs, cams)``: float32 (K, C) softmax probabilities on the CPU and float32 (K, C, h, w) un-normalised
-            Grad-CAM maps (after ReLU) of every class, on the pipeline's device.
+            Grad-CAM maps (after ReLU) of every class, on the pipeline's device (None when ``with_cams`` is False).
         """
         model, cfg = self._require_classifier("classify patches")
         model, bf16 = self._runtime_model(model, cfg.input_size)
@@ -859,9 +1004,10 @@ class CXRPipeline:
                     features = model.forward_features(x)
                     logits = model.forward_head(features)
                 probs.append(torch.softmax(logits.float(), dim=-1))
-                # fp32 outside autocast: K x C x 7 x 7 maps are cheap, and bf16 would blur the small differences
-                cams.append(gradcam_from_features(features.float(), weight, all_classes, normalize=False))
-        return torch.cat(probs).cpu(), torch.cat(cams)
+                if with_cams:
+                    # fp32 outside autocast: K x C x 7 x 7 maps are cheap, and bf16 would blur the small differences
+                    cams.append(gradcam_from_features(features.float(), weight, all_classes, normalize=False))
+        return torch.cat(probs).cpu(), (torch.cat(cams) if with_cams else None)
 
     def _classify_dense(
         self, prepared: PreparedImage, boxes: np.ndarray, patch_size: int
@@ -898,19 +1044,28 @@ class CXRPipeline:
             logits, cams = window_scores(features, model.classifier.weight, model.classifier.bias, origins, window)
         return torch.softmax(logits, dim=-1).cpu(), cams
 
+    def _classify_chunk(
+        self, frame: np.ndarray, boxes: np.ndarray, with_cams: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # the argument is passed only when it is not the default, so a subclass that overrides
+        # classify_patches(frame, boxes) (as before with_cams existed) keeps working
+        return self.classify_patches(frame, boxes) if with_cams else self.classify_patches(frame, boxes, False)
+
     def _classify_reusing(
-        self, prepared: PreparedImage, boxes: np.ndarray, patch_size: int, seed: int | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, prepared: PreparedImage, boxes: np.ndarray, patch_size: int, seed: int | None, with_cams: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`classify_patches`, re-using the whole chunks of an earlier call on the same image and seed.
 
         The sampler's draws are prefix-stable (the first K boxes of a K' > K draw are the K draw of the same seed),
         so after one analysis at K, another at K' shares its first patches. Only whole chunks of ``chunk_size``
         patches are kept, and the partial last chunk is always computed afresh: every chunk then holds exactly the
         patches it holds in a fresh run, so the result is bit-identical to one without the cache. A cached prefix
-        whose boxes differ from the new draw (it cannot happen with numpy's generator, but is checked) is dropped.
+        whose boxes differ from the new draw (it cannot happen with numpy's generator, but is checked) is dropped,
+        and so is one stored without Grad-CAM maps (``with_cams=False``) when maps are wanted now. ``seed=None``
+        (the caller asked for a drawn seed, which is rarely asked again) is not cached, so it evicts nothing.
         """
         if not self.reuse_patches or seed is None:
-            return self.classify_patches(prepared.frame, boxes)
+            return self._classify_chunk(prepared.frame, boxes, with_cams)
         cs, k = self.chunk_size, len(boxes)
         full = (k // cs) * cs
         key = (
@@ -923,8 +1078,9 @@ class CXRPipeline:
             cs,
         )
         cached = prepared.patch_cache.get(key)
-        if cached is not None and not np.array_equal(
-            cached[0][: min(full, len(cached[0]))], boxes[: min(full, len(cached[0]))]
+        if cached is not None and (
+            (with_cams and cached[2] is None)
+            or not np.array_equal(cached[0][: min(full, len(cached[0]))], boxes[: min(full, len(cached[0]))])
         ):
             cached = None
         have = 0 if cached is None else len(cached[0])
@@ -932,18 +1088,21 @@ class CXRPipeline:
         cams_parts: list[torch.Tensor] = []
         if cached is not None:
             probs_parts.append(cached[1][: min(have, full)])
-            cams_parts.append(cached[2][: min(have, full)])
+            if with_cams:
+                cams_parts.append(cached[2][: min(have, full)])
         if full > have:
-            p, c = self.classify_patches(prepared.frame, boxes[have:full])
+            p, c = self._classify_chunk(prepared.frame, boxes[have:full], with_cams)
             probs_parts.append(p)
-            cams_parts.append(c)
-            store_probs, store_cams = torch.cat(probs_parts), torch.cat(cams_parts)
-            prepared.remember(key, (boxes[:full].copy(), store_probs, store_cams))
+            if c is not None:
+                cams_parts.append(c)
+            store_cams = torch.cat(cams_parts) if with_cams else None
+            prepared.remember(key, (boxes[:full].copy(), torch.cat(probs_parts), store_cams))
         if k > full:
-            p, c = self.classify_patches(prepared.frame, boxes[full:])
+            p, c = self._classify_chunk(prepared.frame, boxes[full:], with_cams)
             probs_parts.append(p)
-            cams_parts.append(c)
-        return torch.cat(probs_parts), torch.cat(cams_parts)
+            if c is not None:
+                cams_parts.append(c)
+        return torch.cat(probs_parts), (torch.cat(cams_parts) if with_cams else None)
 
     def sample_patches(
         self,
@@ -959,16 +1118,20 @@ class CXRPipeline:
 
         Args:
             prepared: from :meth:`prepare`.
-            k: number of patches; None → the frame config's ``num_patches`` (the paper: 100).
-            patch_size: patch side in the classifier frame; None → the frame config's ``patch_size`` (224).
-            seed: sampler seed; None draws fresh entropy.
+            k: number of patches, an integer; None → the frame config's ``num_patches`` (the paper: 100).
+            patch_size: patch side in the classifier frame, an integer; None → the frame config's ``patch_size``
+                (224).
+            seed: sampler seed, a non-negative integer; None draws one from fresh entropy (see :func:`resolve_seed`),
+                recorded in ``PatchSample.seed``.
 
         Raises:
-            ValueError: k < 1, or a patch size outside 1 … frame side.
+            ValueError: k or patch_size not an integer (numpy integers are fine), k < 1, a patch size outside
+                1 … frame side, or a seed that is not a non-negative integer.
         """
         cfg = self.frame_config
-        k = cfg.num_patches if k is None else int(k)
-        patch_size = cfg.patch_size if patch_size is None else int(patch_size)
+        k = cfg.num_patches if k is None else _integer("k (the number of patches)", k)
+        patch_size = cfg.patch_size if patch_size is None else _integer("patch_size", patch_size)
+        seed = resolve_seed(seed)
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}.")
         frame_shape = prepared.frame.shape
@@ -1000,22 +1163,29 @@ class CXRPipeline:
 
         Args:
             prepared: from :meth:`prepare`.
-            k: number of patches; None → the classifier's ``config.num_patches`` (the paper: 100).
-            patch_size: patch side in the classifier frame; None → ``config.patch_size`` (224). Another size is
-                cropped at that size, resized to ``config.input_size`` and flagged in ``warnings``.
-            seed: seed of the patch sampler (same seed → identical result); None draws fresh entropy.
+            k: number of patches, an integer; None → the classifier's ``config.num_patches`` (the paper: 100).
+            patch_size: patch side in the classifier frame, an integer; None → ``config.patch_size`` (224). Another
+                size is cropped at that size, resized to ``config.input_size`` and flagged in ``warnings``.
+            seed: seed of the patch sampler, a non-negative integer (same seed → identical result); None draws one
+                from fresh entropy (:func:`resolve_seed`). Either way ``result.seed`` is the seed used.
             saliency_classes: None → the predicted class; "all" → every class; a name, comma-separated names, or a
-                sequence of names/indices.
+                sequence of names/indices. An empty sequence or an empty string → no saliency at all: no Grad-CAM
+                map is computed, patch or global (the fastest path, for batch runs that need only the vote), and
+                ``saliency`` / ``global_saliency`` are ``{}``.
 
         Returns:
             PipelineResult.
 
         Raises:
             NoClassifierError: segmentation-only pipeline (use :meth:`sample_patches` for the patch positions).
-            ValueError: k < 1, a patch size outside 1 … frame side, an unknown saliency class.
+            ValueError: k or patch_size not an integer, k < 1, a patch size outside 1 … frame side, a seed that is not
+                a non-negative integer, an unknown saliency class (checked before any patch is classified).
         """
         _, cfg = self._require_classifier("analyze (vote and saliency)")
         names = self.class_names
+        # resolved now, so an unknown class fails before the vote and an empty selection skips every Grad-CAM
+        requested = None if saliency_classes is None else self.resolve_classes(saliency_classes, 0)
+        with_cams = requested is None or bool(requested)
         timer = _Timer(self.device)
         start = time.perf_counter()
         with timer.stage("sample"):
@@ -1041,20 +1211,28 @@ class CXRPipeline:
             )
 
         with timer.stage("classify"):
+            cams_all: torch.Tensor | None
             if self.voting == "dense":
                 probs_t, cams_all = self._classify_dense(prepared, boxes, patch_size)
             else:
-                probs_t, cams_all = self._classify_reusing(prepared, boxes, patch_size, seed)
+                # a drawn seed (seed=None) is not cached: replaying it is rare, and it would evict useful entries
+                reuse_seed = None if seed is None else sample.seed
+                probs_t, cams_all = self._classify_reusing(prepared, boxes, patch_size, reuse_seed, with_cams)
             probs = probs_t.numpy()
             winner, counts = majority_vote(probs)
-        classes = self.resolve_classes(saliency_classes, winner)
+        classes = [winner] if requested is None else requested
         with timer.stage("saliency"):
-            saliency, in_lung = self._patch_saliency(prepared, cams_all, probs_t, boxes, classes)
+            saliency: dict[str, np.ndarray] = {}
+            in_lung: dict[str, float] = {}
+            if classes and cams_all is not None:
+                saliency, in_lung = self._patch_saliency(prepared, cams_all, probs_t, boxes, classes)
 
         global_label = global_probs = global_sal = None
         if self.global_classifier is not None:
             with timer.stage("global"):
-                global_label, global_probs, global_sal, gnotes = self._global(prepared, [names[c] for c in classes])
+                global_label, global_probs, global_sal, gnotes = self._global(
+                    prepared, [names[c] for c in classes], with_cams
+                )
             notes.extend(gnotes)
         else:
             timer.ms["global"] = 0.0
@@ -1081,7 +1259,7 @@ class CXRPipeline:
             biomarkers=prepared.biomarkers,
             k=k,
             patch_size=patch_size,
-            seed=seed,
+            seed=sample.seed,
             image_size=prepared.original_size,
             timings=timings,
             device=str(self.device),
@@ -1089,6 +1267,7 @@ class CXRPipeline:
             global_label=global_label,
             global_probabilities=global_probs,
             global_saliency=global_sal,
+            input_check=prepared.input_check,
         )
 
     def _patch_saliency(
@@ -1135,9 +1314,12 @@ class CXRPipeline:
         return proc.frame_from_preprocessed(pre, mask)
 
     def _global(
-        self, prepared: PreparedImage, requested: list[str]
+        self, prepared: PreparedImage, requested: list[str], with_cams: bool = True
     ) -> tuple[str, dict[str, float], dict[str, np.ndarray], list[str]]:
-        """Global classifier on the whole masked image, with ordinary Grad-CAM upsampled to the original size."""
+        """Global classifier on the whole masked image, with ordinary Grad-CAM upsampled to the original size.
+
+        The maps are of its predicted class and the ``requested`` ones it has; none at all (``{}``) without
+        ``with_cams``."""
         assert self.global_classifier is not None and self.global_config is not None
         model, cfg = self.global_classifier, self.global_config
         model, bf16 = self._runtime_model(model, cfg.input_size)
@@ -1151,22 +1333,26 @@ class CXRPipeline:
             probs = torch.softmax(logits.float(), dim=-1)[0].cpu().numpy()
             names = [cfg.id2label[i] for i in range(cfg.num_labels)]
             pred = int(np.argmax(probs))
-            idx = [pred] + [names.index(n) for n in requested if n in names and names.index(n) != pred]
-            cams = gradcam_from_features(features.float(), model.classifier.weight.float(), idx, self.normalize_cams)
-            up = (
-                torch.nn.functional.interpolate(
-                    cams, size=prepared.original_size, mode="bilinear", align_corners=False
-                )[0]
-                .cpu()
-                .numpy()
-            )
+            saliency: dict[str, np.ndarray] = {}
+            if with_cams:
+                idx = [pred] + [names.index(n) for n in requested if n in names and names.index(n) != pred]
+                cams = gradcam_from_features(
+                    features.float(), model.classifier.weight.float(), idx, self.normalize_cams
+                )
+                up = (
+                    torch.nn.functional.interpolate(
+                        cams, size=prepared.original_size, mode="bilinear", align_corners=False
+                    )[0]
+                    .cpu()
+                    .numpy()
+                )
+                saliency = {names[c]: up[i].astype(np.float32) for i, c in enumerate(idx)}
         notes = []
         untrained = [c for c in names if c not in cfg.trained_classes]
         if untrained:
             notes.append(
                 f"global classifier: classes never trained (meaningless probabilities): {', '.join(untrained)}"
             )
-        saliency = {names[c]: up[i].astype(np.float32) for i, c in enumerate(idx)}
         return names[pred], {n: float(p) for n, p in zip(names, probs, strict=True)}, saliency, notes
 
     def __call__(
@@ -1185,6 +1371,34 @@ class CXRPipeline:
         )
         result.timings["total"] = (time.perf_counter() - start) * 1e3
         return result
+
+
+def _position(source: Any) -> int | None:
+    """The read position of a seekable file object (None for anything else, or when it cannot tell)."""
+    if isinstance(source, (str, Path, bytes, bytearray, memoryview, np.ndarray)) or not hasattr(source, "read"):
+        return None
+    try:
+        return int(source.tell()) if source.seekable() else None
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _colour_share(source: Any, position: int | None, chroma: float) -> float | None:
+    """:func:`cxr_hub.validity.source_colour_share` of the input as given; a file object is first put back at the
+    position ``load_image`` started reading from (None → no colour signal for a file object)."""
+    if hasattr(source, "read") and not isinstance(source, (str, Path, bytes, bytearray, memoryview)):
+        if position is None:
+            return None
+        try:
+            end = source.tell()
+            source.seek(position)
+            try:
+                return source_colour_share(source, chroma)
+            finally:
+                source.seek(end)  # where load_image left it
+        except (AttributeError, OSError, ValueError):
+            return None
+    return source_colour_share(source, chroma)
 
 
 def _mass_share(saliency: np.ndarray, mask: np.ndarray) -> float:

@@ -200,7 +200,8 @@ def probabilistic_gradcam(
         frame_shape: (H, W) of that frame.
 
     Returns:
-        float32 (H, W), or (n, H, W) for multi-class input. In [0, 1] when the cams are normalised.
+        float32 (H, W), or (n, H, W) for multi-class input (n may be 0: no class, no map). In [0, 1] when the cams are
+        normalised.
     """
     c = torch.as_tensor(cams).float()
     device = c.device
@@ -215,6 +216,8 @@ def probabilistic_gradcam(
             f"{tuple(p.shape)}, {b.shape}."
         )
     h, w = int(frame_shape[0]), int(frame_shape[1])
+    if c.shape[1] == 0:  # no class selected: nothing to paste (interpolate refuses zero channels)
+        return np.zeros((0, h, w), dtype=np.float32)
     # On the CPU the paste runs in numpy: hundreds of small in-place adds are single-threaded there, while torch
     # would split each over OpenMP threads, whose barriers cost more than the adds (50x on a busy 2-core machine).
     on_cpu = device.type == "cpu"

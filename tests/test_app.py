@@ -163,9 +163,9 @@ def test_engine_needs_no_gradio_and_app_reexports_it() -> None:
 def test_no_models_app_starts_and_explains(empty_models_dir: Path) -> None:
     engine = demo.CXRApp({}, empty_models_dir, device="cpu")
     blocks = app.build_demo(engine)
-    assert "No trained models are shipped yet" in app._models_status(engine)
+    assert "No segmentation model found" in app._models_status(engine)
     o = named(handler(blocks)(str(EXAMPLE), demo.PAPER_MODEL, 100, 224, 0, demo.PREDICTED))
-    assert "No trained models are shipped yet" in o["summary"]
+    assert "No segmentation model could be loaded" in o["summary"]
     for key in ("votes_plot", "vote_fractions", "probabilistic_gradcam", "global_gradcam", "report"):
         assert o[key] is None
     assert o["segmentation"][0].ndim == 3 and o["segmentation"][1] == []  # the image as loaded, nothing drawn
@@ -179,7 +179,7 @@ def test_segmentation_only_never_classifies(tiny_models, empty_models_dir: Path)
     assert a.models.mode == "segmentation_only" and a.result is None
     assert a.boxes is not None and len(a.boxes) == 30 and a.prepared is not None
     o = named(app.render(a, engine))
-    assert "No trained classifier is shipped yet" in o["summary"]
+    assert "No classifier loaded" in o["summary"]
     for key in ("votes_plot", "vote_fractions", "probabilistic_gradcam", "global_gradcam"):
         assert o[key] is None
     assert [name for _, name in o["segmentation"][1]] == ["heart", "left lung", "right lung", "sampled patches"]
@@ -263,6 +263,77 @@ def test_covidx_model_and_how_it_works(full_app: demo.CXRApp) -> None:
     assert demo.steps(None)[0] == []
 
 
+# ------------------------------------------------------------------------------------------------ biomarker panel
+
+
+def _panel_rows(text: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in text.split("\n"):
+        if line.startswith("| ") and not line.startswith("| |"):
+            cells = [c.strip() for c in line.strip("|").split(" | ")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_biomarker_panel_shows_ours_and_the_papers_values_in_the_same_units() -> None:
+    from cxr_hub.biomarkers import Biomarkers
+    from cxr_hub.paper import BIOMARKER_TABLES, LABEL4_TO_PAPER, PAPER_CLASS_NAMES, paper_mean_sd
+
+    ref = demo.BIOMARKER_REFERENCE
+    assert ref is not None and ref["stats"], "the shipped reference file must hold the measured per-class stats"
+    markers = Biomarkers(0.5123, 300, 600, 127.5, 25.5, 1000, 1200, 0.15, 0.16, 0.31, ["a warning"])
+    text = demo.biomarker_panel(markers)
+    rows = _panel_rows(text)
+    columns = [key for key, _, _ in demo.PANEL_BIOMARKERS]
+    # this image: intensities divided by 255 (the paper's [0, 1] scale), the ratio as it is
+    image = dict(zip(columns, rows["**this image**"], strict=True))
+    assert image["cardiothoracic_ratio"] == "0.512" and image["lung_mean_intensity"] == "0.500"
+    assert image["lung_std_intensity"] == "0.100" and image["lung_area_fraction"].startswith("0.310")
+    for cls, paper_classes in LABEL4_TO_PAPER.items():
+        ours = next(cells for name, cells in rows.items() if name.startswith(f"{demo.display_name(cls)}, ours"))
+        ours = dict(zip(columns, ours, strict=True))
+        for key in columns:
+            s = ref["stats"][key][cls]
+            if s is None:  # tuberculosis: no images in our data
+                assert cls == "tuberculosis" and "no images" in ours["cardiothoracic_ratio"]
+                continue
+            scale = 255.0 if "intensity" in key else 1.0
+            assert ours[key] == f"{s['mean'] / scale:.3f} ± {s['sd'] / scale:.3f}"
+        for pc in paper_classes:  # viral and COVID-19 are separate rows of the paper under our merged class
+            paper = dict(zip(columns, rows[f"{PAPER_CLASS_NAMES[pc]}, paper"], strict=True))
+            for key, table in BIOMARKER_TABLES.items():
+                mean, sd = paper_mean_sd(table, pc)
+                assert paper[key] == f"{mean:.3f} ± {sd:.3f}"
+            assert paper["lung_area_fraction"] == "not in the paper"
+    assert ref["description"] in text and "a warning" in text
+    assert "viral and COVID-19 apart" in text and "no tuberculosis images" in text
+
+
+def test_biomarker_panel_without_our_reference_still_shows_the_paper() -> None:
+    from cxr_hub.biomarkers import Biomarkers
+
+    markers = Biomarkers(math.nan, 0, 0, 127.5, 25.5, 1000, 1200, 0.15, 0.16, 0.31)
+    rows = _panel_rows(demo.biomarker_panel(markers, reference={}))
+    assert rows["**this image**"][0] == "n/a"
+    assert rows["normal, ours"] == [demo.REFERENCE_PENDING, "—", "—", "—"]
+    assert "±" in rows["normal, paper"][0]
+
+
+def test_shipped_reference_is_the_results_run() -> None:
+    """The app's reference file and RESULTS.md's biomarker tables come from one report (docs/figures/...)."""
+    from cxr_hub.biomarker_analysis import reference_from_report
+
+    stats = REPO_ROOT / "docs" / "figures" / "biomarkers_label4" / "stats.json"
+    if not stats.is_file():
+        pytest.skip(f"{stats} absent")
+    report = json.loads(stats.read_text())
+    assert demo.load_biomarker_reference() == json.loads(json.dumps(reference_from_report(report)))
+    ctr = report["all_views"]["biomarkers"]["cardiothoracic_ratio"]["per_class"]
+    assert demo.BIOMARKER_REFERENCE["values"]["cardiothoracic_ratio"]["normal"] == (
+        f"{ctr['normal']['mean']:.3f} ± {ctr['normal']['sd']:.3f}"
+    )
+
+
 # ------------------------------------------------------------------------------------------------- errors in the UI
 
 
@@ -341,6 +412,62 @@ def test_upload_purged_from_disk_is_still_served_from_cache(full_app: demo.CXRAp
         full_app.analyze(str(upload), demo.PAPER_MODEL, k=6)
 
 
+# ------------------------------------------------------------------------------------ not a frontal chest X-ray
+
+
+def test_refused_upload_is_a_gr_error_and_clears_old_outputs(full_app: demo.CXRApp, tmp_path: Path) -> None:
+    """The pipeline's input check refuses a colour photograph; the UI shows its message as gr.Error, and clears every
+    output first (on the Analyse click and whenever another image is chosen), so no older result stays on screen."""
+    from PIL import Image
+    from test_input_check import colour_photo
+
+    blocks = app.build_demo(full_app)
+    analyze = handler(blocks)
+    photo = tmp_path / "portrait.jpg"
+    Image.fromarray(colour_photo(480, 400)).save(photo, quality=90)
+    assert analyze(str(EXAMPLE), demo.PAPER_MODEL, 20, 224, 0, demo.PREDICTED)[0].startswith("### Majority vote")
+    for _ in range(2):  # a fresh refusal, then the remembered one (a slider change)
+        with pytest.raises(gr.Error) as err:
+            analyze(str(photo), demo.PAPER_MODEL, 20, 224, 0, demo.PREDICTED)
+        message = err.value.message
+        assert message.startswith("The uploaded file does not look like a frontal chest X-ray: it is a colour image")
+        assert str(tmp_path) not in message and "portrait" not in message and "Traceback" not in message
+    fns = list(blocks.fns.values())
+    by_name = {getattr(f.fn, "__name__", ""): f for f in fns}
+    analyse_at = fns.index(by_name["analyze"])
+    clear = fns[analyse_at - 1]  # the Analyse click runs the clearing, then (.then) the analysis
+    assert clear.fn is app.cleared_outputs and clear.api_name != "analyze"
+    assert [b._id for b in clear.outputs] == [b._id for b in fns[analyse_at].outputs]
+    image_change = [f for f in fns if f.fn is app.cleared_outputs and any(t[1] == "change" for t in f.targets)]
+    assert image_change, "choosing another image does not clear the previous outputs"
+    cleared = app.cleared_outputs()
+    assert len(cleared) == len(app.OUTPUT_NAMES) + 1 and cleared[0] == app.CLEARED_SUMMARY
+    assert all(v is None for v in cleared[1:])  # no image, plot, map, JSON, report or state of the old image
+
+
+def test_accepted_upload_reports_the_input_check(full_app: demo.CXRApp) -> None:
+    a = full_app.analyze(str(EXAMPLE), demo.PAPER_MODEL, k=20, patch_size=224, seed=0)
+    o = named(app.render(a, full_app))
+    check = o["result"]["input_check"]
+    assert check["accepted"] is True and check["enforced"] is True and set(check["checks"]) >= {"colour", "size"}
+    assert json.loads(Path(o["report"][0]).read_text())["input_check"] == check
+
+
+@pytest.mark.skipif(
+    not (REPO_ROOT / "models" / "cxr-lung-seg-fcdensenet103" / "model.safetensors").is_file(),
+    reason="shipped segmentation model absent",
+)
+def test_shipped_app_refuses_a_rotated_film(tmp_path: Path, empty_models_dir: Path) -> None:
+    from PIL import Image
+
+    seg = REPO_ROOT / "models" / "cxr-lung-seg-fcdensenet103"
+    engine = demo.CXRApp({"CXR_HUB_SEGMENTATION": str(seg)}, empty_models_dir, device="cpu")
+    rotated = tmp_path / "rotated.png"
+    Image.open(EXAMPLE).convert("L").rotate(90, expand=True).save(rotated)
+    with pytest.raises(gr.Error, match=r"does not look like a frontal chest X-ray: it looks rotated"):
+        handler(app.build_demo(engine))(str(rotated), demo.PAPER_MODEL, 10, 224, 0, demo.PREDICTED)
+
+
 # ------------------------------------------------------------------------------------------- gradio_client end-to-end
 
 
@@ -390,6 +517,13 @@ def test_gradio_client_end_to_end(full_app: demo.CXRApp, tmp_path: Path) -> None
             assert len(saved["patch_boxes"]) == k
             results.append(result)
         assert results[1]["cache"] == "hit" and results[0]["label"] in results[0]["class_names"]
+        from PIL import Image
+        from test_input_check import colour_photo
+
+        photo = tmp_path / "photo.jpg"
+        Image.fromarray(colour_photo(480, 400)).save(photo)
+        with pytest.raises(AppError, match="does not look like a frontal chest X-ray: it is a colour image"):
+            client.predict(handle_file(str(photo)), demo.PAPER_MODEL, 10, 224, 0, demo.PREDICTED, api_name="/analyze")
         with pytest.raises(AppError, match="less than minimum"):  # Gradio checks the slider range itself
             client.predict(handle_file(str(EXAMPLE)), demo.PAPER_MODEL, 0, 224, 0, demo.PREDICTED, api_name="/analyze")
     finally:

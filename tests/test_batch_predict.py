@@ -7,6 +7,7 @@ resumed and compared with an uninterrupted one. Tiny random models (tests/confte
 from __future__ import annotations
 
 import csv
+import io
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from PIL import Image
 
 from cxr_hub import commands
 from cxr_hub.cli import main as cli_main
+from cxr_hub.io import CXRInputError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -53,7 +55,7 @@ def predict_args(folder: Path, out: Path, models: tuple[Path, Path], *extra: str
 
 
 def read_rows(path: Path) -> list[list[str]]:
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8") as f:
         return list(csv.reader(f))
 
 
@@ -137,5 +139,89 @@ def test_batch_mode_selection_and_inputs(tmp_path: Path) -> None:
     assert not commands.is_batch(folder / "img0.png", "outputs/predict")
     assert [p.name for p in commands.batch_inputs(folder)] == sorted(["broken.png", *IMAGES])
     assert commands.batch_inputs(folder / "img0.png") == [folder / "img0.png"]
-    with pytest.raises(commands.CXRInputError, match="not found"):
+    with pytest.raises(CXRInputError, match="not found") as err:
         commands.batch_inputs(tmp_path / "missing")
+    assert str(tmp_path) not in str(err.value)  # a folder's own name can be a patient's
+
+
+def broken_tiff() -> bytes:
+    """A TIFF with one header byte changed: PIL raised ``TypeError: Missing dimensions`` on it, not CXRInputError."""
+    buf = io.BytesIO()
+    Image.fromarray(synthetic_cxr(np.random.default_rng(7), 128, 112)).save(buf, format="TIFF")
+    data = bytearray(buf.getvalue())
+    data[8] = 0xFF
+    return bytes(data)
+
+
+def test_one_bad_file_never_stops_a_batch_and_resume_gets_past_it(tmp_path: Path, tiny_model_folders) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(8)
+    Image.fromarray(synthetic_cxr(rng, 128, 112)).save(folder / "a.png")
+    Image.fromarray(synthetic_cxr(rng, 128, 112)).save(folder / "c.png")
+    (folder / "broken.tif").write_bytes(broken_tiff())
+    try:  # a name that is not valid UTF-8, as Linux allows (bytes path)
+        with open(os.fsencode(folder) + b"/bad\xffname.jpg", "wb") as f:
+            Image.fromarray(synthetic_cxr(rng, 128, 112)).save(f, format="JPEG")
+    except (OSError, UnicodeError):
+        pytest.skip("this file system does not take file names that are not UTF-8")
+    out = tmp_path / "out.csv"
+    args = predict_args(folder, out, tiny_model_folders, k="4")
+    assert cli_main(args) == 0
+    full = out.read_bytes()
+    rows = read_rows(out)  # the CSV is valid UTF-8 (read_rows decodes it strictly)
+    by_name = {r[0]: dict(zip(rows[0], r, strict=True)) for r in rows[1:]}
+    assert sorted(by_name) == sorted(["a.png", "bad\\xffname.jpg", "broken.tif", "c.png"])  # escaped as \xff
+    assert by_name["broken.tif"]["status"] == "error" and "could not be decoded" in by_name["broken.tif"]["error"]
+    assert by_name["broken.tif"]["k"] == "4" and by_name["broken.tif"]["seed"] == "3"  # error rows record settings
+    assert all(by_name[n]["status"] == "ok" for n in ("a.png", "bad\\xffname.jpg", "c.png"))
+    # resume from the first three rows (the escaped name among them): matched, not analysed again
+    lines = full.splitlines(keepends=True)
+    out.write_bytes(b"".join(lines[:4]))
+    assert cli_main([*args, "--resume"]) == 0
+    assert out.read_bytes() == full
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "named"),
+    [
+        ("--k", "0", "--k 0"),
+        ("--seed", "-1", "--seed -1"),
+        ("--saliency-classes", "nope", "--saliency-classes nope"),
+        ("--patch-size", "0", "--patch-size 0"),
+        ("--patch-size", "5000", "--patch-size 5000"),
+        ("--chunk-size", "0", "--chunk-size 0"),
+    ],
+)
+def test_bad_batch_options_are_one_line_errors_before_anything_is_written(
+    tmp_path: Path, tiny_model_folders, capfd, option: str, value: str, named: str
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(synthetic_cxr(np.random.default_rng(1), 128, 112)).save(folder / "a.png")
+    out = tmp_path / "out" / "results.csv"
+    assert cli_main([*predict_args(folder, out, tiny_model_folders, k="4"), option, value]) == 2
+    err = capfd.readouterr().err
+    assert err.startswith(f"error: {named}:") and err.count("\n") == 1, err  # one line, naming the option
+    assert not out.exists() and not out.parent.exists()  # so a corrected rerun is not refused
+    assert cli_main(predict_args(folder, out, tiny_model_folders, k="4")) == 0
+
+
+def test_resume_refuses_a_csv_made_with_other_settings(tmp_path: Path, tiny_model_folders, capsys) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(synthetic_cxr(np.random.default_rng(i), 128, 112)).save(folder / f"img{i}.png")
+    out = tmp_path / "out.csv"
+    assert cli_main(predict_args(folder, out, tiny_model_folders, k="4")) == 0
+    lines = out.read_bytes().splitlines(keepends=True)
+    out.write_bytes(b"".join(lines[:2]))  # interrupted after one image
+    before = out.read_bytes()
+    capsys.readouterr()
+    for other in (["--k", "5"], ["--seed", "4"], ["--patch-size", "32"]):
+        assert cli_main([*predict_args(folder, out, tiny_model_folders, k="4"), *other, "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert "--k 4 --patch-size 64 --seed 3" in err and "other --out" in err and err.count("\n") == 1
+        assert out.read_bytes() == before
+    assert cli_main([*predict_args(folder, out, tiny_model_folders, k="4"), "--resume"]) == 0
+    assert len(read_rows(out)) == 3

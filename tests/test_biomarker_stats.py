@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -165,3 +166,67 @@ def test_rendered_tables_list_absent_classes_and_stars():
     assert "D = " in normality and "absent" in normality
     pairwise = pairwise_markdown(results, titles)
     assert "normal vs viral_covid" in pairwise and "***" in pairwise and "tuberculosis" not in pairwise
+
+
+def _saved_run(folder, rng) -> dict:
+    """A biomarkers run as ``python -m cxr_hub biomarkers`` leaves it: biomarkers.csv and stats.json."""
+    from cxr_hub.biomarker_analysis import BIOMARKER_COLUMNS, _write_csv, biomarker_report, write_outputs
+
+    records = []
+    films = [("normal", "jsrt")] * 5 + [("viral_covid", "cohen")] * 6 + [("bacterial", "cohen")] * 3
+    for i, (label, source) in enumerate(films):
+        rec = {"id": f"img{i}", "source": source, "view": "AP Supine" if i % 4 == 0 else "PA", "label": label}
+        for c in BIOMARKER_COLUMNS:
+            rec[c] = int(rng.integers(100, 900)) if c.endswith("_px") else float(rng.uniform(0.2, 0.8))
+        rec["cardiothoracic_ratio"] = math.nan if i == 1 else rec["cardiothoracic_ratio"]  # no heart on one film
+        rec["warnings"] = ""
+        records.append(rec)
+    report = biomarker_report(records, CLASSES)
+    report.update(task="label4", n_images=len(records), n_resumed=0, model="models/seg", failures=[])
+    report["selection"] = {"manifest": "m.csv", "split": None, "sources": None, "limit": None}
+    _write_csv(folder / "biomarkers.csv", records)
+    write_outputs(report, folder, plots=False)
+    return report
+
+
+def test_rebuild_writes_results_source_and_app_reference_from_one_report(tmp_path):
+    from cxr_hub.biomarker_analysis import rebuild_from_csv, reference_from_report, render_tables
+
+    original = _saved_run(tmp_path, np.random.default_rng(5))
+    rebuilt = rebuild_from_csv(tmp_path, reference_json=tmp_path / "ref" / "reference.json")
+    ref = json.loads((tmp_path / "ref" / "reference.json").read_text())
+    assert ref == json.loads(json.dumps(reference_from_report(rebuilt)))
+    assert json.loads((tmp_path / "stats.json").read_text()) == rebuilt
+    assert (tmp_path / "tables.md").read_text() == render_tables(rebuilt)
+    assert rebuilt["sources"] == {"cohen": 9, "jsrt": 5} and rebuilt["model"] == "models/seg"
+    for b in ("cardiothoracic_ratio", "lung_mean_intensity"):
+        for c in ("normal", "bacterial", "viral_covid"):
+            measured = original["all_views"]["biomarkers"][b]["per_class"][c]
+            # the CSV keeps 6 digits: the rebuilt numbers are the run's, to that precision
+            assert ref["stats"][b][c]["mean"] == pytest.approx(measured["mean"], abs=1e-6)
+            assert ref["stats"][b][c]["n"] == measured["n"]
+            assert ref["values"][b][c] == format_mean_sd(measured, 3 if b == "cardiothoracic_ratio" else 1)
+        assert ref["stats"][b]["tuberculosis"] is None and ref["values"][b]["tuberculosis"] is None
+    assert ref["stats"]["cardiothoracic_ratio"]["normal"]["n"] == 4  # the film without a heart has no ratio
+    assert ref["n"] == {"normal": 5, "bacterial": 3, "tuberculosis": 0, "viral_covid": 6}
+    assert "14 labelled images" in ref["description"] and "not the paper's" in ref["description"]
+
+
+def test_rebuild_says_what_to_run_when_the_run_is_missing(tmp_path):
+    from cxr_hub.biomarker_analysis import rebuild_from_csv
+
+    with pytest.raises(FileNotFoundError, match="python -m cxr_hub biomarkers"):
+        rebuild_from_csv(tmp_path)
+
+
+def test_cli_rebuild_needs_no_manifest_and_writes_the_reference(tmp_path, capsys):
+    from cxr_hub.cli import main
+
+    _saved_run(tmp_path, np.random.default_rng(6))
+    ref = tmp_path / "reference.json"
+    assert main(["biomarkers", "--rebuild", "--out", str(tmp_path), "--reference-json", str(ref)]) == 0
+    assert "recomputed the statistics of 14 images" in capsys.readouterr().out
+    assert json.loads(ref.read_text())["n"]["viral_covid"] == 6
+    assert (tmp_path / "mean_sd_by_class.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["biomarkers", "--out", str(tmp_path)]) == 2  # a new run needs its manifest
+    assert "--manifest is required" in capsys.readouterr().err

@@ -49,3 +49,15 @@ def test_same_image_k_and_seed_give_identical_results(tiny_model_folders, image_
     # the comparison can fail: another seed samples other patches
     different = pipe(image_path, k=24, seed=8, saliency_classes="all")
     assert not np.array_equal(different.patch_boxes_1024, first.patch_boxes_1024)
+
+
+def test_a_drawn_seed_is_recorded_and_replays_in_another_process(tiny_model_folders, image_path: Path) -> None:
+    """seed=None draws a seed, and ``result.seed`` is that seed: a separately loaded pipeline reproduces the result."""
+    seg, clf = tiny_model_folders
+    first = CXRPipeline.from_pretrained(seg, clf, device="cpu")(image_path, k=16, seed=None)
+    assert type(first.seed) is int
+    replay = CXRPipeline.from_pretrained(seg, clf, device="cpu")(image_path, k=16, seed=first.seed)
+    assert replay.seed == first.seed and replay.votes == first.votes
+    np.testing.assert_array_equal(replay.patch_boxes_1024, first.patch_boxes_1024)
+    np.testing.assert_array_equal(replay.patch_probabilities, first.patch_probabilities)
+    np.testing.assert_allclose(replay.saliency[replay.label], first.saliency[first.label], rtol=0, atol=1e-6)

@@ -527,14 +527,135 @@ def test_cli_model_card_rerenders_readme(exported: Path, tmp_path: Path) -> None
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps(FLAT_METRICS))
     # The test's config class is not registered with AutoConfig: the command falls back to config.json's fields.
-    assert run_hub_cli(["model-card", str(exported), "--metrics", str(metrics), "--repo-id", "me/r"]) == 0
+    args = ["model-card", str(exported), "--metrics", str(metrics), "--repo-id", "me/r"]
+    assert run_hub_cli([*args, "--overwrite"]) == 0
     card = (exported / "README.md").read_text()
     meta = front_matter(card)
     assert meta["pipeline_tag"] == "image-segmentation"
     assert {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]} == FLAT_METRICS
     assert "**growth_rate**: 4" in card
-    assert run_hub_cli(["model-card", str(exported)]) == 0
+    assert run_hub_cli(["model-card", str(exported), "--overwrite"]) == 0
     assert "not yet been evaluated" in (exported / "README.md").read_text()
+
+
+def test_cli_model_card_never_replaces_a_card_without_overwrite(exported: Path, tmp_path: Path, capsys) -> None:
+    """`model-card FOLDER` on a curated card used to replace its measured numbers by "not yet evaluated"."""
+    before = (exported / "README.md").read_text()
+    assert run_hub_cli(["model-card", str(exported)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (exported / "README.md").read_text() == before
+    elsewhere = tmp_path / "new_card.md"
+    assert run_hub_cli(["model-card", str(exported), "--output", str(elsewhere)]) == 0
+    assert "not yet been evaluated" in elsewhere.read_text() and (exported / "README.md").read_text() == before
+    assert run_hub_cli(["model-card", str(exported), "--output", str(elsewhere)]) == 2  # the output is a card too
+
+
+def _evaluate_report() -> dict[str, Any]:
+    """A metrics.json as `python -m cxr_hub evaluate` writes it (the report plus the keys evaluate adds)."""
+    from cxr_hub.classification import accuracy_by_group, classification_report
+
+    labels = ["normal", "bacterial", "tuberculosis", "viral_covid"]
+    truth = ["normal"] * 4 + ["bacterial"] * 3 + ["viral_covid"] * 5
+    pred = ["normal", "normal", "normal", "viral_covid", "normal", "bacterial", "viral_covid", *["viral_covid"] * 5]
+    patients = [f"p{i // 2}" for i in range(len(truth))]
+    report = classification_report(truth, pred, labels, patients, n_boot=50, seed=0, untrained=["tuberculosis"])
+    report["accuracy_by_source"] = accuracy_by_group(truth, pred, ["jsrt"] * 4 + ["cohen"] * 8)
+    report["selection"] = {"manifest": "/data/cxr/manifest.csv", "split": "classification:test", "limit": None}
+    report["global"] = classification_report(truth, truth, labels, patients, n_boot=50, seed=0)
+    return report
+
+
+def test_model_card_reads_what_evaluate_writes(tmp_path: Path) -> None:
+    report = _evaluate_report()
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(report))
+    folder = tmp_path / "clf"
+    folder.mkdir()
+    config = {"model_type": "cxr_patch_classifier", "label_set": "label4", "mode": "patch"}
+    (folder / "config.json").write_text(json.dumps(config))
+    card_path = tmp_path / "card.md"
+    assert run_hub_cli(["model-card", str(folder), "--metrics", str(path), "--output", str(card_path)]) == 0
+    result = front_matter(card_path.read_text())["model-index"][0]["results"][0]
+    values = {m["type"]: m["value"] for m in result["metrics"]}
+    assert values["accuracy"] == round(report["accuracy"], 4) and values["macro_f1"] == round(report["f1"], 4)
+    assert values["sensitivity_normal"] == 0.75 and "sensitivity_tuberculosis" not in values  # n = 0: left out
+    assert values["accuracy_source_jsrt"] == 0.75 and values["accuracy_ci95_low"] <= values["accuracy"]
+    assert result["dataset"]["split"] == "test" and "classification:test" in result["dataset"]["name"]
+    global_card = tmp_path / "global.md"
+    args = ["model-card", str(folder), "--metrics", str(path), "--global", "--output", str(global_card)]
+    assert run_hub_cli([*args, "--dataset-name", "held-out films"]) == 0
+    result = front_matter(global_card.read_text())["model-index"][0]["results"][0]
+    assert {m["type"]: m["value"] for m in result["metrics"]}["accuracy"] == 1.0
+    assert result["dataset"]["name"] == "held-out films"
+
+
+def test_card_metrics_from_segmentation_report() -> None:
+    report = {
+        "n": 50,
+        "jaccard": {"lung": {"mean": 0.8941, "std": 0.03, "n": 50}, "heart": {"mean": 0.7532, "std": 0.06, "n": 50}},
+        "dice": {"lung": {"mean": 0.944, "std": 0.02, "n": 50}},
+        "selection": {"manifest": "m.csv", "split": "segmentation:val"},
+    }
+    card = hub.card_metrics_from_report(report)
+    assert card["values"] == {"jaccard_lung": 0.8941, "jaccard_heart": 0.7532, "dice_lung": 0.944, "num_images": 50}
+    assert card["dataset"]["split"] == "val"
+    assert hub.card_metrics_from_report(FLAT_METRICS) is None  # not a report: used as it is
+    with pytest.raises(ValueError, match="global"):
+        hub.card_metrics_from_report(report, part="global")
+
+
+def test_model_card_of_the_shipped_classifier_from_its_committed_evaluation(tmp_path: Path) -> None:
+    """The exact command that failed: the committed evaluate output of the shipped classifier."""
+    from conftest import REPO_ROOT
+
+    metrics, model = REPO_ROOT / "docs/results/label4_test/metrics.json", REPO_ROOT / "models/cxr-patch-resnet18"
+    if not (metrics.is_file() and (model / "config.json").is_file()):
+        pytest.skip("the shipped classifier or its evaluation is not in this checkout")
+    out = tmp_path / "card.md"
+    assert run_hub_cli(["model-card", str(model), "--metrics", str(metrics), "--output", str(out)]) == 0
+    values = {m["type"]: m["value"] for m in front_matter(out.read_text())["model-index"][0]["results"][0]["metrics"]}
+    assert values["accuracy"] == round(json.loads(metrics.read_text())["accuracy"], 4)
+
+
+CREDENTIALS = [".env", "sub/.env.local", "server.pem", "deploy.key", "sub/id_rsa", "credentials.json", "token"]
+HIDDEN = [".hidden_notes.txt", ".secrets_dir/data.bin.txt", "sub/.DS_Store_like"]
+
+
+def _with_credentials(folder: Path) -> None:
+    for rel in [*CREDENTIALS, *HIDDEN, "tokenizer_config.json", "sub/notes.md"]:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text("hf_secret_value")
+
+
+def test_push_never_sends_hidden_files_or_credentials(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub.utils import filter_repo_objects
+
+    _with_credentials(exported)
+    expected = ["README.md", "config.json", "model.safetensors", "sub/notes.md", "tokenizer_config.json"]
+    assert hub.list_upload_files(exported) == expected
+    skipped = dict(hub.skipped_upload_files(exported))
+    assert set(skipped) == set(CREDENTIALS) | set(HIDDEN)
+    assert skipped[".env"] == "looks like a credential" and skipped[".hidden_notes.txt"] == "hidden"
+    assert hub.push_to_hub(exported, "me/x", dry_run=True) == expected
+
+    import huggingface_hub
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(huggingface_hub, "upload_folder", lambda **kw: seen.update(kw))
+    assert hub.push_to_hub(exported, "me/x", create_repo=False) == expected
+    # what upload_folder would send with those patterns, from the folder itself
+    every = sorted(p.relative_to(exported).as_posix() for p in exported.rglob("*") if p.is_file())
+    assert list(filter_repo_objects(every, ignore_patterns=seen["ignore_patterns"])) == expected
+
+
+def test_cli_push_dry_run_says_what_it_skipped(exported: Path, no_network: None, capsys) -> None:
+    _with_credentials(exported)
+    assert run_hub_cli(["push", str(exported), "--repo-id", "x/y", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    listed, _, skipped = out.partition("Skipped")
+    assert ".env" not in listed and "id_rsa" not in listed and "tokenizer_config.json" in listed
+    assert f"Skipped {len(CREDENTIALS) + len(HIDDEN)} file(s)" in out
+    assert ".env  (looks like a credential)" in skipped and "hf_secret_value" not in out
 
 
 def test_cli_model_card_errors(tmp_path: Path, exported: Path) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, JpegImagePlugin
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
@@ -155,7 +155,13 @@ def messages(exc: BaseException) -> str:
 
 
 def test_public_surface() -> None:
-    assert set(cxr_io.__all__) == {"CXRInputError", "load_image", "SUPPORTED_EXTENSIONS", "is_dicom"}
+    assert set(cxr_io.__all__) == {
+        "CXRInputError",
+        "load_image",
+        "SUPPORTED_EXTENSIONS",
+        "REDUCE_ABOVE_PIXELS",
+        "is_dicom",
+    }
     assert CXRInputError is image_processing_cxr.CXRInputError
     assert all(ext.startswith(".") and ext == ext.lower() for ext in SUPPORTED_EXTENSIONS)
     assert {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"} <= set(SUPPORTED_EXTENSIONS)
@@ -618,3 +624,88 @@ def test_huge_png_header_fails_before_decoding(
         with pytest.raises(CXRInputError, match="limit"):
             load_image(src)
     assert decoded == []
+
+
+# ------------------------------------------------------------------------------------- decoder failures, huge images
+
+
+def _tiff_without_dimensions() -> bytes:
+    """A TIFF with one header byte changed: PIL opens it, then raises TypeError("Missing dimensions") on n_frames."""
+    data = bytearray(encode(Image.fromarray(gray()), "TIFF"))
+    data[8] = 0xFF  # the first IFD's entry count: the width/height tags are no longer found
+    return bytes(data)
+
+
+def test_tiff_with_a_broken_ifd_is_an_input_error(tmp_path: Path) -> None:
+    for src in (_tiff_without_dimensions(), write(tmp_path, "broken.tif", _tiff_without_dimensions())):
+        with pytest.raises(CXRInputError, match="could not be decoded"):
+            load_image(src)
+
+
+def test_any_decoder_failure_is_an_input_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def unforeseen(*args: Any, **kwargs: Any) -> Any:
+        raise ZeroDivisionError("a decoder bug nobody anticipated")
+
+    monkeypatch.setattr(cxr_io, "_from_encoded_pil", unforeseen)
+    with pytest.raises(CXRInputError, match=r"could not be decoded \(ZeroDivisionError\)") as err:
+        load_image(_png(gray()))
+    assert "anticipated" not in messages(err.value)  # the type only: a DICOM decoder's text could quote its header
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "factor"),
+    [
+        (4472, 4472, 1),
+        (7000, 7000, 2),
+        (7746, 7746, 2),
+        (10_000, 5_000, 2),
+        (9000, 9000, 3),
+        (300_000, 66, 1),
+        (200_000, 200, 2),
+        (400_000, 100, 1),  # a factor of 2 would leave a 50-pixel side: kept as it is
+    ],
+)
+def test_reduce_factor(width: int, height: int, factor: int) -> None:
+    assert cxr_io._reduce_factor(width, height) == factor
+    if factor > 1:
+        assert (width // factor) * (height // factor) <= cxr_io.REDUCE_ABOVE_PIXELS
+        assert (width // (factor - 1)) * (height // (factor - 1)) > cxr_io.REDUCE_ABOVE_PIXELS or factor == 2
+        assert min(width, height) // factor >= image_processing_cxr.MIN_SIDE
+
+
+def test_huge_images_are_box_reduced_the_same_from_every_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cxr_io, "REDUCE_ABOVE_PIXELS", 5000)  # so a 145 x 131 image is "huge": factor 2
+    pixels = gray(np.uint16, shape=(145, 131), seed=3)  # odd sides: the last row and column are dropped
+    expected = pixels[:144, :130].astype(np.float64).reshape(72, 2, 65, 2).mean(axis=(1, 3))
+    png = _png(pixels)
+    for src in (pixels, png, write(tmp_path, "big.png", png), io.BytesIO(png), Image.fromarray(pixels)):
+        out = load_image(src)
+        assert out.shape == (72, 65) and out.dtype == np.float32
+        np.testing.assert_array_equal(out, expected.astype(np.float32))
+
+
+def test_huge_jpeg_is_decoded_at_a_reduced_scale(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(4)
+    smooth = cv2.GaussianBlur(rng.integers(0, 256, (256, 320)).astype(np.uint8), (0, 0), 6)
+    jpeg = encode(Image.fromarray(smooth), "JPEG", quality=95)
+    full = load_image(jpeg)
+    monkeypatch.setattr(cxr_io, "REDUCE_ABOVE_PIXELS", 256 * 320 // 4)
+    drafts: list[tuple[Any, ...]] = []
+    original = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self: Image.Image, mode: Any, size: Any) -> Any:
+        drafts.append(size)
+        return original(self, mode, size)
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    half = load_image(jpeg)
+    assert drafts == [(160, 128)] and half.shape == (128, 160)  # DCT scaling: the full size is never decoded
+    box = full.reshape(128, 2, 160, 2).mean(axis=(1, 3))
+    assert np.abs(half - box).mean() < 2.0  # the same picture, up to the decoder's own rounding
+
+
+def test_images_under_the_limit_keep_their_resolution() -> None:
+    pixels = gray(np.uint16, shape=(300, 200), seed=5)
+    np.testing.assert_array_equal(load_image(_png(pixels)), pixels.astype(np.float32))

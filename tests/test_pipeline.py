@@ -234,6 +234,73 @@ def test_saliency_class_selection(pipe, image):
         pipe.analyze(prepared, k=4, saliency_classes="covid")
 
 
+def test_empty_saliency_selection_computes_no_maps(
+    tiny_fcdensenet_config, classifier, global_classifier, image, monkeypatch
+):
+    """saliency_classes=[] or "": no saliency at all (no Grad-CAM computed, patch or global), the same vote."""
+    import cxr_hub.pipeline as pipeline_module
+
+    seg = PatternSegmenter(tiny_fcdensenet_config, chest_labels)
+    # chunks of 3: the first 6 of the 7 patches go into the patch cache
+    pipe = CXRPipeline(seg, classifier, global_classifier, precision="fp32", chunk_size=3)
+    prepared = pipe.prepare(image)
+    fresh = CXRPipeline(seg, classifier, precision="fp32", chunk_size=3, reuse_patches=False)
+    reference = fresh.analyze(fresh.prepare(image), k=7, seed=2, saliency_classes="all")
+
+    def no_gradcam(*args, **kwargs):
+        raise AssertionError("a Grad-CAM map was computed although no saliency class was asked for")
+
+    monkeypatch.setattr(pipeline_module, "gradcam_from_features", no_gradcam)
+    for empty in ([], (), "", " , "):
+        r = pipe.analyze(prepared, k=7, seed=2, saliency_classes=empty)
+        assert r.saliency == {} and r.saliency_in_lung == {} and r.global_saliency == {}
+        assert r.votes == reference.votes and r.global_label in CLASSES
+        np.testing.assert_array_equal(r.patch_probabilities, reference.patch_probabilities)
+        d = r.to_dict(include_maps=True)
+        assert d["saliency_classes"] == [] and d["saliency"] == {}
+        json.dumps(d, allow_nan=False)
+    assert pipe(image, k=3, saliency_classes=[]).saliency == {}  # __call__ too
+    monkeypatch.undo()
+    # the patch cache filled without maps does not poison a later call that wants them
+    assert any(entry[2] is None for entry in prepared.patch_cache.values())
+    again = pipe.analyze(prepared, k=7, seed=2, saliency_classes="all")
+    for name in CLASSES:
+        np.testing.assert_array_equal(again.saliency[name], reference.saliency[name])
+
+
+def test_seed_none_records_the_seed_it_drew(pipe, image):
+    prepared = pipe.prepare(image)
+    a, b = pipe.analyze(prepared, k=6, seed=None), pipe.analyze(prepared, k=6, seed=None)
+    for r in (a, b):
+        assert type(r.seed) is int and 0 <= r.seed < 2**32
+        assert json.loads(json.dumps(r.to_dict()))["seed"] == r.seed
+    assert a.seed != b.seed  # fresh entropy each time (a collision has probability 2**-32)
+    replay = pipe.analyze(prepared, k=6, seed=a.seed)
+    np.testing.assert_array_equal(replay.patch_boxes_1024, a.patch_boxes_1024)
+    np.testing.assert_array_equal(replay.patch_probabilities, a.patch_probabilities)
+    sample = pipe.sample_patches(prepared, k=6, seed=None)
+    assert type(sample.seed) is int
+    np.testing.assert_array_equal(pipe.sample_patches(prepared, k=6, seed=sample.seed).boxes_1024, sample.boxes_1024)
+
+
+def test_integer_like_seed_k_and_patch_size_are_normalised_others_refused(pipe, image):
+    prepared = pipe.prepare(image)
+    r = pipe.analyze(prepared, k=np.int64(5), patch_size=np.int32(64), seed=np.int64(3))
+    assert (type(r.seed), type(r.k), type(r.patch_size)) == (int, int, int) and (r.seed, r.k) == (3, 5)
+    json.dumps(r.to_dict(), allow_nan=False)
+    np.testing.assert_array_equal(r.patch_boxes_1024, pipe.analyze(prepared, k=5, seed=3).patch_boxes_1024)
+    for seed in (True, -1, 2.5, 3.0, "3", np.float64(1)):
+        with pytest.raises(ValueError, match="seed"):
+            pipe.analyze(prepared, k=5, seed=seed)
+    for k in (2.7, 3.0, True, "4"):
+        with pytest.raises(ValueError, match=r"\bk\b.*integer"):
+            pipe.analyze(prepared, k=k)
+        with pytest.raises(ValueError, match=r"\bk\b.*integer"):
+            pipe.sample_patches(prepared, k=k)
+    with pytest.raises(ValueError, match=r"patch_size.*integer"):
+        pipe.analyze(prepared, k=5, patch_size=64.5)
+
+
 def test_no_lung_raises_a_clear_input_error(tiny_fcdensenet_config, classifier, image):
     pipe = CXRPipeline(PatternSegmenter(tiny_fcdensenet_config, lambda h, w: np.zeros((h, w), np.int64)), classifier)
     with pytest.raises(CXRInputError, match="frontal"):
@@ -418,13 +485,13 @@ def test_predict_cli_missing_models_exits_2(tmp_path, capsys, image, monkeypatch
     code = cli_main(["predict", str(tmp_path / "cxr.png"), "--classifier", str(tmp_path / "nope")])
     assert code == 2
     assert "--classifier" in capsys.readouterr().err
-    # no default model folders (nothing trained is shipped yet): a clear message, never random weights
+    # no default model folders (an installation outside the repository): a clear message, never random weights
     monkeypatch.setattr(commands, "DEFAULT_SEGMENTATION", tmp_path / "models" / "seg")
     monkeypatch.setattr(commands, "DEFAULT_CLASSIFIER", tmp_path / "models" / "clf")
     code = cli_main(["predict", str(tmp_path / "cxr.png"), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2
-    assert "ships no trained models" in err and "--segmentation" in err and "--classifier" in err
+    assert "does not exist" in err and "--segmentation" in err and "--classifier" in err
     assert not (tmp_path / "out").exists()
 
 
@@ -440,3 +507,47 @@ def test_cuda_matches_cpu(tiny_fcdensenet_config, tiny_classifier_config, image)
     np.testing.assert_allclose(gpu.patch_probabilities, cpu.patch_probabilities, atol=0.05)
     for name in CLASSES:
         assert np.abs(gpu.saliency[name] - cpu.saliency[name]).mean() < 0.05
+
+
+def test_segmentation_clean_up_follows_the_model_config(tiny_fcdensenet_config, classifier, image):
+    import copy
+
+    def with_island(h: int, w: int) -> np.ndarray:
+        lab = chest_labels(h, w)
+        lab[: h // 20, : w // 20] = 1  # a heart speck in the corner, far from the lungs
+        return lab
+
+    plain = CXRPipeline(PatternSegmenter(tiny_fcdensenet_config, with_island), classifier, precision="fp32")
+    assert (plain.prepare(image).label_map[:3, :3] == 1).all()  # no clean-up unless the model asks for it
+    config = copy.deepcopy(tiny_fcdensenet_config)
+    config.postprocessing = "clean_label_map"
+    cleaned = CXRPipeline(PatternSegmenter(config, with_island), classifier, precision="fp32").prepare(image)
+    assert (cleaned.label_map[:3, :3] == 0).all() and (cleaned.label_map == 1).any()
+    config.postprocessing = "something-new"
+    with pytest.raises(ValueError, match="Upgrade cxr-hub"):
+        CXRPipeline(PatternSegmenter(config, with_island), classifier, precision="fp32").prepare(image)
+
+
+# ------------------------------------------------------------------------------------------------ input check
+
+
+def test_input_check_runs_in_prepare_and_its_override_warns(tiny_fcdensenet_config, classifier, image):
+    from cxr_hub import NotAFrontalCXRError
+
+    seg = PatternSegmenter(tiny_fcdensenet_config, chest_labels)
+    pipe = CXRPipeline(seg, classifier, device="cpu", precision="fp32")
+    assert pipe.check_input is True and pipe.settings()["check_input"] is True
+    r = pipe(image, k=4, seed=0)
+    assert r.input_check is not None and r.input_check.accepted and r.warnings == []
+    assert r.to_dict()["input_check"]["checks"]["size"]["score"] == min(image.shape)
+    rgb = np.zeros((200, 180, 3), np.uint8)
+    rgb[..., 0], rgb[..., 2] = 200, np.arange(180, dtype=np.uint8)[None, :]  # a colour picture
+    calls = seg.calls
+    with pytest.raises(NotAFrontalCXRError, match="colour image") as err:
+        pipe(rgb, k=4, seed=0)
+    assert isinstance(err.value, CXRInputError) and seg.calls == calls  # refused before the segmentation
+    off = CXRPipeline(seg, classifier, device="cpu", precision="fp32", check_input=False)
+    r = off(rgb, k=4, seed=0)
+    assert r.label in CLASSES and r.input_check.enforced is False and not r.input_check.accepted
+    assert any(w.startswith("input check off (check_input=False)") and "colour image" in w for w in r.warnings)
+    assert any(w.startswith("input check off") for w in off(image, k=4, seed=0).warnings)  # on every result

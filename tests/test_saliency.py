@@ -137,3 +137,13 @@ def test_multi_class_equals_per_class_and_stays_in_unit_range():
     assert multi.min() >= 0 and multi.max() <= 1 + 1e-6
     with pytest.raises(ValueError):
         probabilistic_gradcam(cams, probs[:, :2], boxes, (64, 64))
+
+
+def test_no_class_gives_no_maps():
+    """An empty class selection (K x 0 maps) is "no saliency", not a crash inside the paste."""
+    boxes = np.array([[0, 0, 4, 4], [2, 2, 6, 6]])
+    cams, probs = np.ones((2, 0, 2, 2), np.float32), np.ones((2, 0), np.float32)
+    out = probabilistic_gradcam(cams, probs, boxes, (10, 8))
+    assert out.shape == (0, 10, 8) and out.dtype == np.float32
+    features = torch.rand(2, 5, 3, 3)
+    assert gradcam_from_features(features, torch.rand(4, 5), []).shape == (2, 0, 3, 3)

@@ -27,7 +27,7 @@ def _config(tmp_path, **kw) -> SegTrainConfig:
         epochs=3,
         batch_size=2,
         lr=1e-3,
-        augment=False,
+        augment="none",
         amp="none",
         seed=0,
     )
@@ -68,7 +68,11 @@ def test_median_frequency_weights():
 def test_cli_overrides_and_yaml(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("epochs: 7\nlr: 0.001\n")
-    config, resume = parse_config(["--config", str(cfg), "--lr", "0.002", "--arch", "unet", "--no-augment", "--resume"])
-    assert (config.epochs, config.lr, config.arch, config.augment, resume) == (7, 0.002, "unet", False, True)
+    argv = ["--config", str(cfg), "--lr", "0.002", "--arch", "unet", "--augment", "none", "--resume"]
+    config, resume = parse_config([*argv, "--no-partial-labels", "--init-from", "models/x"])
+    assert (config.epochs, config.lr, config.arch, config.augment, resume) == (7, 0.002, "unet", "none", True)
+    assert (config.partial_labels, config.init_from) == (False, "models/x")
     with pytest.raises(SystemExit):
         parse_config(["--arch", "vgg"])
+    with pytest.raises(SystemExit):
+        parse_config(["--augment", "wild"])

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxr_hub.presets import repo_relative_folder
 from cxr_hub.stats import markdown_table, mcnemar_exact
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +78,7 @@ PATCH_EPOCHS, GLOBAL_EPOCHS = 12, 24
 #: Recipe of the Table XIV segmentation networks (train_segmentation CLI options; the rest is the shipped recipe).
 SEGMENTATION_BUDGET: tuple[str, ...] = ("--epochs", "8", "--max-minutes", "55", "--num-threads", "1", "--seed", "0")
 #: The shipped segmentation network (the reference runs' masks).
-SHIPPED_SEGMENTATION = "models/cxr-lung-seg-fcdensenet103"
+SHIPPED_SEGMENTATION = repo_relative_folder("segmentation")
 
 
 def segmentation_dir(arch: str) -> Path:

@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--classifier", required=True, help="classifier folder (its config.json gains the calibration)")
-    parser.add_argument("--segmentation", default=str(REPO_ROOT / DEFAULT_SEGMENTATION))
+    parser.add_argument("--segmentation", default=str(DEFAULT_SEGMENTATION))
     parser.add_argument("--manifest", default=str(REPO_ROOT.parent / "shared" / "data" / "cxr" / "manifest.csv"))
     parser.add_argument("--split-file", default=str(REPO_ROOT / "training" / "splits" / "splits_seed0.json"))
     parser.add_argument("--films", type=int, default=None, help="training films (default: 24 patch, 128 global)")

@@ -45,9 +45,10 @@ from tqdm import tqdm
 from cxr_hub.manifest import ManifestRow
 from cxr_hub.models import LABEL_SETS
 from cxr_hub.preprocessing import resize_image, resize_label_map
+from cxr_hub.presets import repo_relative_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SEGMENTATION = "models/cxr-lung-seg-fcdensenet103"
+DEFAULT_SEGMENTATION = repo_relative_folder("segmentation")  # recorded in training configs: repo-relative
 DEFAULT_CACHE_DIR = "data_cache"
 DEFAULT_PACK_DIR = ".pack/classifier"
 TASKS = ("label4", "label3")

@@ -184,6 +184,7 @@ def random_affine(
     scale: tuple[float, float] = (0.9, 1.1),
     max_shift: float = 0.06,
     max_gamma: float = 0.2,
+    fill_label: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Applies one random rotation/scale/shift to an image and its label map (nearest for labels) plus a mild gamma.
 
@@ -193,6 +194,8 @@ def random_affine(
         image: (H, W) float32 in [0, 255].
         labels: (H, W) uint8 label map.
         rng: random generator.
+        fill_label: label value of pixels brought in from outside the label map (0: background; 1 for a bitmask of
+            allowed classes, :mod:`training.losses`).
 
     Returns:
         The transformed (image, labels), same shapes and dtypes.
@@ -203,7 +206,9 @@ def random_affine(
     m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, s)
     m[:, 2] += rng.uniform(-max_shift, max_shift, 2) * (w, h)
     img = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-    lab = cv2.warpAffine(labels, m, (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    lab = cv2.warpAffine(
+        labels, m, (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=fill_label
+    )
     g = float(np.exp(rng.uniform(-max_gamma, max_gamma)))
     img = (255.0 * np.power(np.clip(img, 0, 255) / 255.0, g)).astype(np.float32)
     return img, lab

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from cxr_hub.hub import _evaluation_section
+from cxr_hub.hub import _evaluation_section, refresh_paper_comparison
 from training.train_classifier import card_metrics
 
 __all__ = ["main", "refresh_card"]
@@ -63,7 +63,8 @@ def refresh_card(card_text: str, metrics: Mapping[str, Any]) -> str:
         [{"dataset": r["dataset"], "values": {m["type"]: m["value"] for m in r["metrics"]}} for r in results]
     )
     # the section's lead sentence and its table, up to the first line that is not a table row
-    pattern = re.compile(r"(## Evaluation\n\n)Measured by .*?\n\n\| Dataset .*?\n(?:\|.*\|\n)*", re.S)
+    # table rows are single lines: [^\n] keeps a later table (the paper comparison) out of the match under re.S
+    pattern = re.compile(r"(## Evaluation\n\n)Measured by .*?\n\n\| Dataset .*?\n(?:\|[^\n]*\|\n)*", re.S)
     if not pattern.search(body):
         raise ValueError("The card has no '## Evaluation' section with a metrics table.")
     body = pattern.sub(lambda m: m.group(1) + table + "\n", body, count=1)
@@ -83,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         report = json.loads(Path(args.metrics).read_text())
         if args.use_global:
             report = report["global"]
-        card.write_text(refresh_card(card.read_text(encoding="utf-8"), report), encoding="utf-8")
+        text = refresh_card(card.read_text(encoding="utf-8"), report)
+        config = Path(args.folder) / "config.json"
+        if config.is_file():  # the card's "Compared with the paper" section follows its new numbers
+            text = refresh_paper_comparison(text, json.loads(config.read_text()))
+        card.write_text(text, encoding="utf-8")
     except (OSError, KeyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

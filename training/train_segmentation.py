@@ -1,12 +1,25 @@
-"""Train the lung/heart segmentation network (the paper's section II-B recipe by default).
+"""Train the lung/heart segmentation network: the paper's section II-B recipe, made to hold on other hospitals' films.
 
-FC-DenseNet103 on the preprocessed 256x256 JSRT/SCR images (80 % train / 20 % validation by patient),
-class-weighted cross-entropy over background / heart / left lung / right lung, Adam lr 1e-4, batch 2, learning rate
-x0.1 when the training loss plateaus, early stopping on the validation Jaccard.
+The paper's recipe: FC-DenseNet103 on the preprocessed 256x256 JSRT/SCR images (80 % train / 20 % validation by
+patient), class-weighted cross-entropy over background / heart / left lung / right lung, Adam lr 1e-4, batch 2,
+learning rate x0.1 when the training loss plateaus, early stopping on the validation score.
+
+What this script adds for films from other hospitals (each a config field, so the paper's recipe stays one flag away):
+
+- ``partial_labels``: the Cohen films with v7labs lung polygons of the *classification train split's* patients join
+  the training set with partial labels (:mod:`training.losses`: inside a polygon that lung or heart, outside
+  background or heart); the loss is ``-log`` of the summed probability of the allowed classes. These films show AP,
+  supine and opacified lungs, which JSRT never does. The classification test split is never trained on;
+- ``augment="strong"`` (:mod:`training.augment`): rotation, scale, thorax crops, shift, mild elastic deformation,
+  gamma, contrast, brightness, blur or unsharp masking, noise, JPEG re-encoding, downsample-upsample;
+  ``augment="paper"`` is the previous mild affine + gamma jitter, ``"none"`` nothing;
+- model selection on JSRT validation *and* the Cohen films of the classification validation split (convention-aware
+  lung Jaccard: our lung plus our heart inside the polygon, against the polygon);
+- ``init_from``: warm start from a saved folder of the same architecture (training continues across sessions).
 
 Usage:
     python -m training.train_segmentation [--arch fcdensenet103|fcdensenet67|fcdensenet56|unet] [--epochs 100]
-        [--max-minutes 90] [--resume] [--config cfg.yaml] [--KEY VALUE ...]
+        [--max-minutes 90] [--init-from models/...] [--resume] [--config cfg.yaml] [--KEY VALUE ...]
 
 Every field of ``SegTrainConfig`` is a CLI option. The run directory keeps ``last/`` (resume point) and ``best/``
 (best validation Jaccard); the final model is exported as a complete Hub folder (``--out``) with
@@ -28,13 +41,18 @@ import torch
 from tqdm import tqdm
 
 from cxr_hub import FCDenseNetConfig, FCDenseNetForSemanticSegmentation, UNetConfig, UNetForSemanticSegmentation
-from cxr_hub.metrics import structure_scores, summarize_scores
-from cxr_hub.models import CXRImageProcessor, image_processor_for, weighted_segmentation_loss
+from cxr_hub.metrics import CONVENTION_AWARE_LUNG, structure_scores, summarize_scores
+from cxr_hub.models import CXRImageProcessor, image_processor_for
+from training.augment import augment_pair
 from training.config import parse_dataclass_config
 from training.data import random_affine
+from training.losses import allowed_from_labels, allowed_from_v7labs, partial_label_loss
 from training.runtime import autocast_dtype, out_of_budget, restore_training, save_training_state
 
 SEG_ARCHS = ("fcdensenet103", "fcdensenet67", "fcdensenet56", "unet")
+AUGMENTATIONS = ("strong", "paper", "none")
+#: Bitmask value of pixels brought into a film by a geometric transform: background only (they are black).
+_BACKGROUND_ONLY = 1
 
 
 @dataclass
@@ -56,7 +74,12 @@ class SegTrainConfig:
     plateau_patience: int = 3  # epochs without training-loss improvement before lr x plateau_factor
     early_stopping_patience: int = 10  # epochs without validation-Jaccard improvement before stopping
     class_weights: str = "median_frequency"  # "median_frequency", "none" or comma-separated weights
-    augment: bool = True
+    augment: str = "strong"  # "strong" (other hospitals), "paper" (mild affine + gamma) or "none"
+    partial_labels: bool = True  # add the Cohen/v7labs films of the classification train split (partial labels)
+    unknown_band: int = 1  # pixels either side of a v7labs polygon border left unconstrained (at image_size)
+    init_from: str | None = None  # warm start: a saved folder of the same architecture
+    base_channels: int = 64  # U-Net only: channels of the first level
+    export_only: bool = False  # re-export run_dir/best with run_dir/training_config.json's summary, no training
     amp: str = "auto"  # "auto" (bf16 autocast where supported), "bf16", "fp16" (CUDA), "none"
     seed: int = 0
     max_minutes: float | None = None  # wall-clock budget: stop after the epoch that would overrun it
@@ -73,16 +96,42 @@ def parse_config(argv: list[str] | None = None) -> tuple[SegTrainConfig, bool]:
     config, resume = parse_dataclass_config(SegTrainConfig, argv, __doc__.split("\n\n")[0])
     if config.arch not in SEG_ARCHS:
         raise SystemExit(f"--arch must be one of {SEG_ARCHS}, got {config.arch!r}")
+    if config.augment not in AUGMENTATIONS:
+        raise SystemExit(f"--augment must be one of {AUGMENTATIONS}, got {config.augment!r}")
     return config, resume
 
 
+def model_class(arch: str) -> type[torch.nn.Module]:
+    """The model class of ``arch``."""
+    return UNetForSemanticSegmentation if arch == "unet" else FCDenseNetForSemanticSegmentation
+
+
 def build_model(config: SegTrainConfig, class_weights: list[float]) -> torch.nn.Module:
-    """A fresh segmentation model for ``config.arch``."""
+    """A fresh segmentation model for ``config.arch``, or the ``init_from`` weights (warm start).
+
+    Raises:
+        SystemExit: ``init_from`` holds another architecture.
+    """
+    if config.init_from:
+        model = model_class(config.arch).from_pretrained(config.init_from)
+        preset = getattr(model.config, "preset", "unet")
+        if preset != config.arch:
+            raise SystemExit(f"--init-from {config.init_from} holds a {preset} model, not --arch {config.arch}.")
+        model.config.class_weights = class_weights
+        return model
     if config.arch == "unet":
-        return UNetForSemanticSegmentation(UNetConfig(image_size=config.image_size, class_weights=class_weights))
+        return UNetForSemanticSegmentation(
+            UNetConfig(image_size=config.image_size, class_weights=class_weights, base_channels=config.base_channels)
+        )
     return FCDenseNetForSemanticSegmentation(
         FCDenseNetConfig(preset=config.arch, image_size=config.image_size, class_weights=class_weights)
     )
+
+
+def convention_aware_lung_jaccard(pred: np.ndarray, polygons: np.ndarray) -> float:
+    """Convention-aware lung Jaccard (:data:`cxr_hub.metrics.CONVENTION_AWARE_LUNG`); 1.0 when both are empty."""
+    j = structure_scores(pred, polygons, (CONVENTION_AWARE_LUNG,))["jaccard"][CONVENTION_AWARE_LUNG]
+    return 1.0 if np.isnan(j) else j
 
 
 def median_frequency_weights(labels: np.ndarray, num_classes: int = 4) -> list[float]:
@@ -140,6 +189,22 @@ def evaluate(
     return summary
 
 
+@torch.inference_mode()
+def evaluate_polygons(
+    model: torch.nn.Module, images: np.ndarray, polygons: np.ndarray, device: torch.device, batch_size: int = 8
+) -> dict[str, float]:
+    """Convention-aware lung Jaccard (mean, std, n) on films with v7labs polygons, at the training resolution."""
+    model.eval()
+    processor = image_processor_for(model.config)
+    scores = []
+    for start in range(0, len(images), batch_size):
+        x = to_pixel_values(images[start : start + batch_size], processor).to(device)
+        pred = model(x).logits.argmax(1).cpu().numpy()
+        refs = polygons[start : start + batch_size]
+        scores += [convention_aware_lung_jaccard(p, t) for p, t in zip(pred, refs, strict=True)]
+    return {"mean": float(np.mean(scores)), "std": float(np.std(scores)), "n": len(scores)}
+
+
 def train(
     config: SegTrainConfig,
     train_images: np.ndarray,
@@ -147,10 +212,22 @@ def train(
     val_images: np.ndarray,
     val_labels: np.ndarray,
     resume: bool = False,
+    partial: tuple[np.ndarray, np.ndarray] | None = None,
+    polygon_val: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Trains on in-memory arrays (images (N, S, S) float32 in [0, 255], labels (N, S, S) uint8).
 
     Writes ``run_dir/last`` every epoch (model + ``training_state.pt``) and ``run_dir/best`` on improvement.
+
+    Args:
+        config: the training config.
+        train_images, train_labels: fully labelled training films (class ids 0..3).
+        val_images, val_labels: fully labelled validation films.
+        resume: continue from ``run_dir/last``.
+        partial: (images, allowed-class bitmasks) of partially labelled training films
+            (:func:`training.losses.allowed_from_v7labs`), or None.
+        polygon_val: (images, v7labs polygon maps) scored by the convention-aware lung Jaccard; when given, the model
+            is selected on the mean of the full-label selection Jaccard and that score.
 
     Returns:
         A summary: history per epoch, best epoch and its validation scores, the class weights and timing.
@@ -164,6 +241,11 @@ def train(
     rng = np.random.default_rng(config.seed)
 
     class_weights = resolve_class_weights(config, train_labels)
+    # every training film as allowed-class bitmasks: full labels allow one class, partial ones a set
+    images_all, allowed_all = train_images, allowed_from_labels(train_labels)
+    if partial is not None and len(partial[0]):
+        images_all = np.concatenate([train_images, partial[0]])
+        allowed_all = np.concatenate([allowed_all, partial[1]])
     model = build_model(config, class_weights).to(device)
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
@@ -178,7 +260,7 @@ def train(
     amp = autocast_dtype(config.amp, device)
     processor = image_processor_for(model.config)
     start_time = time.time()
-    n = len(train_images)
+    n = len(images_all)
     steps = math.ceil(n / config.batch_size)
     if config.max_steps_per_epoch:
         steps = min(steps, config.max_steps_per_epoch)
@@ -192,9 +274,10 @@ def train(
         bar = tqdm(range(steps), desc=f"epoch {epoch}/{config.epochs}", unit="step", leave=False)
         for step in bar:
             idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-            imgs, labs = train_images[idx], train_labels[idx]
-            if config.augment:
-                pairs = [random_affine(i, lab, rng) for i, lab in zip(imgs, labs, strict=True)]
+            imgs, labs = images_all[idx], allowed_all[idx]
+            if config.augment != "none":
+                recipe = augment_pair if config.augment == "strong" else random_affine
+                pairs = [recipe(i, lab, rng, fill_label=_BACKGROUND_ONLY) for i, lab in zip(imgs, labs, strict=True)]
                 imgs = np.stack([p[0] for p in pairs])
                 labs = np.stack([p[1] for p in pairs])
             x = to_pixel_values(imgs, processor).to(device)
@@ -204,7 +287,7 @@ def train(
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 logits = model(x).logits
             # the loss in fp32: bf16 log-softmax over 65k pixels loses precision
-            loss = weighted_segmentation_loss(logits.float(), y, class_weights, model.config.semantic_loss_ignore_index)
+            loss = partial_label_loss(logits.float(), y, class_weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -214,13 +297,21 @@ def train(
         scheduler.step(train_loss)
         val = evaluate(model, val_images, val_labels, device)
         score = val["selection_jaccard"]
+        if polygon_val is not None and len(polygon_val[0]):
+            val["polygon_lung_jaccard"] = evaluate_polygons(model, *polygon_val, device)
+            score = (score + val["polygon_lung_jaccard"]["mean"]) / 2
         record = {
             "epoch": epoch,
             "train_loss": round(train_loss, 5),
             "lr": optimizer.param_groups[0]["lr"],
             "val_jaccard_lung": round(val["jaccard"]["lung"]["mean"], 4),
             "val_jaccard_heart": round(val["jaccard"]["heart"]["mean"], 4),
-            "val_selection_jaccard": round(score, 4),
+            "val_selection_jaccard": round(val["selection_jaccard"], 4),
+            # None without polygon films (NaN would make two identical histories compare unequal)
+            "val_polygon_lung_jaccard": (
+                round(val["polygon_lung_jaccard"]["mean"], 4) if "polygon_lung_jaccard" in val else None
+            ),
+            "val_score": round(score, 4),
             "seconds": round(time.time() - epoch_start, 1),
         }
         state["history"].append(record)
@@ -254,23 +345,186 @@ def train(
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry: load data, split by patient, train, export the best model as a Hub folder."""
-    from cxr_hub.hub import export_hub_folder
-    from cxr_hub.models import image_processor_for
     from training.data import DEFAULT_SPLIT_FILE, load_or_create_splits, read_rows, rows_in_split, segmentation_arrays
 
     config, resume = parse_config(argv)
+    if config.export_only:
+        saved_file = Path(config.run_dir) / "training_config.json"
+        summary = json.loads(saved_file.read_text())["summary"] if saved_file.is_file() else summary_from_state(config)
+        out = export_best(config, summary)
+        tqdm.write(f"re-exported {out} from {config.run_dir}/best (no training)")
+        return 0
     root, rows = read_rows(config.data)
-    splits = load_or_create_splits(rows, config.split_file or DEFAULT_SPLIT_FILE)["segmentation"]
+    all_splits = load_or_create_splits(rows, config.split_file or DEFAULT_SPLIT_FILE)
+    splits = all_splits["segmentation"]
     train_rows, val_rows = rows_in_split(rows, splits, "train"), rows_in_split(rows, splits, "val")
     tqdm.write(f"data: {root} — {len(train_rows)} training and {len(val_rows)} validation images (JSRT/SCR)")
     cache = config.cache_dir
     train_x, train_y = segmentation_arrays(train_rows, config.image_size, config.preprocess, cache)
     val_x, val_y = segmentation_arrays(val_rows, config.image_size, config.preprocess, cache)
-    summary = train(config, train_x, train_y, val_x, val_y, resume=resume)
+    partial, polygon_val, polygon_counts = None, None, {"train": 0, "val": 0}
+    if config.partial_labels:
+        # v7labs polygons of the classification split's train patients for training, its val patients for model
+        # selection; its test patients stay unseen (they are the cross-database evaluation)
+        poly = [r for r in rows if r.mask is not None and r.mask_source == "v7labs"]
+        p_train = rows_in_split(poly, all_splits["classification"], "train")
+        p_val = rows_in_split(poly, all_splits["classification"], "val")
+        polygon_counts = {"train": len(p_train), "val": len(p_val)}
+        tqdm.write(f"partial labels: {len(p_train)} Cohen/v7labs training films, {len(p_val)} for model selection")
+        px, py = segmentation_arrays(p_train, config.image_size, config.preprocess, cache)
+        partial = (px, np.stack([allowed_from_v7labs(m, config.unknown_band) for m in py]))
+        polygon_val = segmentation_arrays(p_val, config.image_size, config.preprocess, cache)
+    summary = train(config, train_x, train_y, val_x, val_y, resume=resume, partial=partial, polygon_val=polygon_val)
+    summary["data"] = {"jsrt_train": len(train_rows), "jsrt_val": len(val_rows), "polygons": polygon_counts}
+    summary["total_budget"] = total_budget(config, summary)
+    out = export_best(config, summary)
+    tqdm.write(f"exported {out} (best epoch {summary['best_epoch']})")
+    return 0
+
+
+def budget_text(summary: dict[str, Any]) -> str:
+    """The training budget in words, with the warm-start chain's total when there is one."""
+    text = (
+        f"{summary['epochs_run']} epochs in {summary['minutes']} min on {summary['device']} "
+        f"(autocast {summary['autocast']}); best epoch {summary['best_epoch']}"
+    )
+    total = summary.get("total_budget")
+    if total and total["runs"] > 1:
+        lrs = " then ".join(f"{st['epochs']} at lr {st['lr']:g}" for st in total["stages"])
+        text += (
+            f"; total over {total['runs']} warm-started runs: {total['epochs']} epochs ({lrs}), {total['minutes']} min"
+        )
+    return text
+
+
+AUGMENTATION_TEXT = {
+    "strong": "rotation ±10°, scale 0.8–1.15 or thorax crop 1.15–1.45, shift ±8 %, mild elastic; gamma, contrast, "
+    "brightness, blur or unsharp masking, noise, JPEG re-encoding, downsample-upsample (training/augment.py)",
+    "paper": "random rotation ±10°, scale 0.9–1.1, shift ±6 %, gamma jitter",
+    "none": "none",
+}
+
+
+def describe_training(config: dict[str, Any], data: dict[str, Any] | None = None) -> str:
+    """How a model was trained, in words, from its saved config (older configs lack the newer fields).
+
+    Args:
+        config: ``dataclasses.asdict(SegTrainConfig)`` as saved in ``training_config.json``.
+        data: image counts (``summary["data"]``), when recorded.
+    """
+    data = data or {}
+
+    def n(key: str) -> str:
+        return f"{data[key]} " if key in data else ""
+
+    polygons = data.get("polygons", {})
+    start = (
+        f"Warm-started from `{config['init_from']}` (an earlier run of this recipe; each run's learning rate, epochs "
+        "and minutes are in `training_config.json`, summary.total_budget.stages)"
+        if config.get("init_from")
+        else "Trained from scratch"
+    )
+    text = f"{start} on the {n('jsrt_train')}JSRT films of the segmentation train split with SCR heart and lung masks"
+    if config.get("partial_labels"):
+        text += (
+            f", plus {polygons.get('train', 'the')} Cohen films with v7labs lung polygons of the classification train "
+            "split as partial labels (inside a polygon: that lung or heart; outside: background or heart; "
+            "`training/losses.py`)"
+        )
+    text += f"; model selection on the {n('jsrt_val')}held-out JSRT validation films"
+    if config.get("partial_labels"):
+        text += (
+            f" and {polygons.get('val', 'the')} Cohen films of the classification validation split "
+            "(convention-aware lung Jaccard)"
+        )
+    augment = {True: "paper", False: "none"}.get(config.get("augment"), config.get("augment"))
+    return (
+        text + f". Augmentation: {AUGMENTATION_TEXT.get(augment, augment)}. Split: `training/splits/splits_seed0.json`."
+    )
+
+
+def summary_from_state(config: SegTrainConfig) -> dict[str, Any]:
+    """The run summary rebuilt from ``run_dir/last`` (a run whose export failed after training), with the image
+    counts from the split file."""
+    from training.data import DEFAULT_SPLIT_FILE, load_or_create_splits, read_rows, rows_in_split
+
+    state = torch.load(Path(config.run_dir) / "last" / "training_state.pt", weights_only=True)["state"]
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    amp = autocast_dtype(config.amp, device)
+    best = model_class(config.arch).from_pretrained(Path(config.run_dir) / "best")
+    _, rows = read_rows(config.data)
+    splits = load_or_create_splits(rows, config.split_file or DEFAULT_SPLIT_FILE)
+    poly = [r for r in rows if r.mask is not None and r.mask_source == "v7labs"]
+    summary = {
+        "epochs_run": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "best_validation": state.get("best_val"),
+        "history": state["history"],
+        "class_weights": list(best.config.class_weights),
+        "device": str(device),
+        "autocast": str(amp).replace("torch.", "") if amp else "none",
+        "minutes": round(sum(h["seconds"] for h in state["history"]) / 60, 1),
+        "data": {
+            "jsrt_train": len(rows_in_split(rows, splits["segmentation"], "train")),
+            "jsrt_val": len(rows_in_split(rows, splits["segmentation"], "val")),
+            "polygons": {
+                name: len(rows_in_split(poly, splits["classification"], name)) if config.partial_labels else 0
+                for name in ("train", "val")
+            },
+        },
+    }
+    summary["total_budget"] = total_budget(config, summary)
+    return summary
+
+
+def total_budget(config: SegTrainConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    """Epochs and minutes of this run plus those of the warm-start chain behind it (read from the ``init_from``
+    folder's ``training_config.json``), so a model trained across sessions states its whole budget.
+
+    Returns:
+        ``{"epochs", "minutes", "runs", "stages": [{"lr", "epochs", "minutes", "augment"}, ...]}``, oldest first.
+    """
+    stages: list[dict[str, Any]] = []
+    if config.init_from:
+        saved = Path(config.init_from) / "training_config.json"
+        if saved.is_file():
+            previous = json.loads(saved.read_text())
+            before = previous["summary"].get("total_budget")
+            stages = (
+                list(before["stages"])
+                if before
+                else [
+                    {
+                        "lr": previous["config"]["lr"],
+                        "epochs": previous["summary"]["epochs_run"],
+                        "minutes": previous["summary"]["minutes"],
+                        "augment": previous["config"].get("augment"),
+                    }
+                ]
+            )
+    stages.append(
+        {"lr": config.lr, "epochs": summary["epochs_run"], "minutes": summary["minutes"], "augment": config.augment}
+    )
+    return {
+        "epochs": sum(st["epochs"] for st in stages),
+        "minutes": round(sum(st["minutes"] for st in stages), 1),
+        "runs": len(stages),
+        "stages": stages,
+    }
+
+
+def export_best(config: SegTrainConfig, summary: dict[str, Any]) -> Path:
+    """Exports ``run_dir/best`` as a complete Hub folder (``config.out``) with the final training config beside it.
+
+    The exported config asks the pipeline for the anatomical clean-up (``postprocessing="clean_label_map"``): every
+    number measured for the model is measured with it.
+    """
+    from cxr_hub.hub import export_hub_folder
+    from cxr_hub.postprocessing import POSTPROCESSING
 
     run_dir = Path(config.run_dir)
-    cls = UNetForSemanticSegmentation if config.arch == "unet" else FCDenseNetForSemanticSegmentation
-    best = cls.from_pretrained(run_dir / "best")
+    best = model_class(config.arch).from_pretrained(run_dir / "best")
+    best.config.postprocessing = POSTPROCESSING
     if not config.preprocess:
         config.notes.append("trained WITHOUT the paper's preprocessing (min-max scaling only)")
     out = Path(config.out or f"models/cxr-lung-seg-{config.arch}")
@@ -278,16 +532,11 @@ def main(argv: list[str] | None = None) -> int:
     if not config.preprocess:
         processor.do_equalize, processor.gamma = False, None
     training_info = {
-        "description": (
-            f"Trained from scratch on {len(train_rows)} JSRT films with SCR heart/lung masks; "
-            f"{len(val_rows)} held-out JSRT films (different patients) for model selection."
-        ),
+        "description": describe_training(dataclasses.asdict(config), summary.get("data")),
         "architecture": config.arch,
-        "budget": f"{summary['epochs_run']} epochs in {summary['minutes']} min on {summary['device']} "
-        f"(autocast {summary['autocast']}); best epoch {summary['best_epoch']}",
+        "budget": budget_text(summary),
         "optimiser": f"Adam lr {config.lr}, batch {config.batch_size}, lr x{config.plateau_factor} on plateau",
         "class_weights": summary["class_weights"],
-        "augmentation": "random rotation ±10°, scale 0.9–1.1, shift ±6 %, gamma jitter" if config.augment else "none",
     }
     export_hub_folder(
         best,
@@ -300,8 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     final = {"config": dataclasses.asdict(config), "summary": summary}
     for folder in (run_dir, out):
         (folder / "training_config.json").write_text(json.dumps(final, indent=2, default=str) + "\n")
-    tqdm.write(f"exported {out} (best epoch {summary['best_epoch']})")
-    return 0
+    return out
 
 
 if __name__ == "__main__":
