@@ -60,21 +60,20 @@ def _regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return ndimage.label(mask, structure=_EIGHT)
 
 
-def _largest_on_side(mask: np.ndarray, side: str | None) -> np.ndarray:
-    """The largest 8-connected region of ``mask`` whose centroid lies on ``side`` of the midline ("left"/"right" of
-    the image, None: anywhere); the largest region anywhere when none lies on that side."""
+def _largest_on_side(mask: np.ndarray, side: str) -> np.ndarray:
+    """The largest 8-connected region of ``mask`` whose centroid lies on ``side`` ("left"/"right") of the image's
+    midline; the largest region anywhere when none lies on that side (an empty mask stays empty)."""
     labels, n = _regions(mask)
     if n <= 1:
         return mask.copy()
     index = np.arange(1, n + 1)
     sizes = ndimage.sum_labels(mask, labels, index)
     order = index[np.argsort(-sizes, kind="stable")]
-    if side is not None:
-        mid = mask.shape[1] / 2
-        centroids = ndimage.center_of_mass(mask, labels, order)
-        on_side = [k for k, (_, x) in zip(order, centroids, strict=True) if (x < mid) == (side == "left")]
-        if on_side:
-            return labels == on_side[0]
+    mid = mask.shape[1] / 2
+    centroids = ndimage.center_of_mass(mask, labels, order)
+    on_side = [k for k, (_, x) in zip(order, centroids, strict=True) if (x < mid) == (side == "left")]
+    if on_side:
+        return labels == on_side[0]
     return labels == order[0]
 
 
@@ -116,7 +115,7 @@ def clean_label_map(label_map: np.ndarray) -> tuple[np.ndarray, CleanupReport]:
     # the patient's right lung is on the image's left in a frontal view
     lungs = {}
     for label, side in ((RIGHT_LUNG, "left"), (LEFT_LUNG, "right")):
-        keep = _largest_on_side(label_map == label, side) if (label_map == label).any() else label_map == label
+        keep = _largest_on_side(label_map == label, side)
         lungs[label] = keep
         out[keep] = label
     heart = label_map == HEART
