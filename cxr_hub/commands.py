@@ -270,6 +270,7 @@ def run_predict(args: argparse.Namespace) -> int:
             sampling=args.sampling or default_sampling(),
             chunk_size=args.chunk_size,
             allow_pickle=args.allow_pickle,
+            check_input=not getattr(args, "no_input_check", False),
         )
     except (ValueError, TypeError, OSError) as exc:
         print(f"error: could not build the pipeline: {exc}", file=sys.stderr)
@@ -282,7 +283,9 @@ def run_predict(args: argparse.Namespace) -> int:
         return run_predict_batch(pipe, args, images)
     from .visualize import heat_overlay, segmentation_overlay
 
-    prepared = pipe.prepare(image)  # a CXRInputError (no lung found) becomes one line in cli.main
+    # a CXRInputError (the input check refused it, no lung found) becomes one line and exit code 2 in cli.main;
+    # source: the colour check reads the colour that load_image turned into gray
+    prepared = pipe.prepare(image, source_name=_source_name(args.image), source=args.image)
     try:
         result = pipe.analyze(
             prepared, k=args.k, patch_size=args.patch_size, seed=args.seed, saliency_classes=args.saliency_classes
@@ -307,6 +310,8 @@ def run_predict(args: argparse.Namespace) -> int:
     summary["files"] = files
     (out / "result.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     ctr = result.biomarkers.cardiothoracic_ratio
+    if result.input_check is not None and not result.input_check.enforced:
+        print(f"input check: {result.input_check.csv_values()['input_check']} (--no-input-check)")
     print(f"label: {result.label}  votes: {result.votes}  (k={result.k}, patch {result.patch_size}, seed {args.seed})")
     if result.global_label is not None:
         print(f"global classifier: {result.global_label}")
@@ -354,7 +359,9 @@ def batch_inputs(source: str | Path) -> list[Path]:
 
 
 def batch_columns(class_names: Sequence[str]) -> list[str]:
-    """CSV header of a batch run for a classifier's classes."""
+    """CSV header of a batch run for a classifier's classes (with the input check's scores, before the warnings)."""
+    from .validity import CSV_COLUMNS as VALIDITY_COLUMNS  # the check's module loads numpy and cv2: import on call
+
     return [
         "file",
         "status",
@@ -364,6 +371,7 @@ def batch_columns(class_names: Sequence[str]) -> list[str]:
         "global_label",
         *_BIOMARKER_COLUMNS,
         *_SETTINGS_COLUMNS,
+        *VALIDITY_COLUMNS,
         "warnings",
         "error",
     ]
@@ -439,9 +447,16 @@ def _settings_problem(path: Path, header: list[str], rows: list[list[str]], want
     return None
 
 
-def _result_row(pipe: CXRPipeline, image: np.ndarray, name: str, args: argparse.Namespace) -> list[Any]:
+def _result_row(pipe: CXRPipeline, image: str | Path | np.ndarray, name: str, args: argparse.Namespace) -> list[Any]:
+    """The cells of one analysed image's row (raises the pipeline's CXRInputError for a refused one).
+
+    Args:
+        image: the image file (or a decoded array); a path lets the input check read an RGB file's colour.
+        name: the row's name (:func:`_row_name`).
+    """
     names = pipe.class_names
-    prepared = pipe.prepare(image)
+    subject = _source_name(image) if isinstance(image, str | Path) else None
+    prepared = pipe.prepare(image, source_name=subject)
     r = pipe.analyze(
         prepared, k=args.k, patch_size=args.patch_size, seed=args.seed, saliency_classes=args.saliency_classes
     )
@@ -457,9 +472,28 @@ def _result_row(pipe: CXRPipeline, image: np.ndarray, name: str, args: argparse.
         r.k,
         r.patch_size,
         args.seed,
+        *_validity_cells(r.input_check).values(),
         " | ".join(r.warnings),
         "",
     ]
+
+
+def _validity_cells(report: Any) -> dict[str, str]:
+    """The ``cxr_hub.validity.CSV_COLUMNS`` cells of a validity report (all empty without one)."""
+    from .validity import CSV_COLUMNS
+
+    return dict.fromkeys(CSV_COLUMNS, "") if report is None else report.csv_values()
+
+
+def error_cells(exc: CXRInputError) -> dict[str, str]:
+    """The cells a refused image's row adds to its name, status, settings and message.
+
+    A refusal of the input-validity check records every score measured before it (which check failed and by how
+    much is what a batch user sorts on); other errors (unreadable file, no lung) record nothing more.
+    """
+    from .validity import NotAFrontalCXRError
+
+    return _validity_cells(exc.report) if isinstance(exc, NotAFrontalCXRError) else {}
 
 
 def run_predict_batch(pipe: CXRPipeline, args: argparse.Namespace, images: Sequence[Path] | None = None) -> int:
@@ -481,7 +515,7 @@ def run_predict_batch(pipe: CXRPipeline, args: argparse.Namespace, images: Seque
     """
     from tqdm import tqdm
 
-    from .io import CXRInputError, load_image
+    from .io import CXRInputError
 
     out = batch_csv_path(args.out)
     images = batch_inputs(args.image) if images is None else list(images)
@@ -518,9 +552,10 @@ def run_predict_batch(pipe: CXRPipeline, args: argparse.Namespace, images: Seque
         for path in tqdm(todo, total=len(images), initial=len(images) - len(todo), unit="image", file=sys.stderr):
             name = _row_name(path)
             try:
-                row = _result_row(pipe, load_image(path, source_name=_source_name(path)), name, args)
+                row = _result_row(pipe, path, name, args)
             except CXRInputError as exc:
-                cells = dict.fromkeys(header, "") | settings | {"file": name, "status": "error", "error": str(exc)}
+                cells = dict.fromkeys(header, "") | settings | error_cells(exc)
+                cells |= {"file": name, "status": "error", "error": str(exc)}
                 row = [cells[c] for c in header]
             counts[row[1]] += 1
             _append_line(fd, _csv_line(row))
@@ -630,6 +665,12 @@ def add_parser(subparsers: Any) -> None:
         "without --global-classifier, as validated on real films; fp32 for the network exactly as trained)",
     )
     p.add_argument("--chunk-size", type=int, default=32, help="patches per forward pass (default: %(default)s)")
+    p.add_argument(
+        "--no-input-check",
+        action="store_true",
+        help="research override: analyse inputs the input-validity check refuses (a lateral film, a CT slice...); "
+        "every result it lets through carries a warning and the check's decision",
+    )
     from .ray_batch import add_ray_arguments  # registers --engine and the Ray options; imports nothing of Ray
 
     add_ray_arguments(p)

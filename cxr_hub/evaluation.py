@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -20,12 +21,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .biomarkers import cardiothoracic_ratio
+from .biomarkers import HEART, LEFT_LUNG, RIGHT_LUNG, cardiothoracic_ratio
 from .io import CXRInputError, load_image
 from .manifest import ManifestRow, load_label_map, read_manifest
 from .metrics import CONVENTION_AWARE_LUNG, STRUCTURE_LABELS, structure_scores, summarize, summarize_scores
 from .models import CXRImageProcessor, image_processor_for
-from .postprocessing import clean_label_map
+from .postprocessing import clean_label_map, uses_postprocessing
 from .presets import default_folder
 
 DEFAULT_SEGMENTATION = str(default_folder("segmentation"))
@@ -191,6 +192,17 @@ def _worst_case_grid(cases: list[tuple[float, ManifestRow, np.ndarray, np.ndarra
     plt.close(fig)
 
 
+def _ctr_groups(ctr: dict[str, float], rows: dict[str, ManifestRow]) -> dict[str, Any]:
+    """CTR from our masks (finite values only), summarised per ``"source/label4"`` group and per label4 class."""
+    groups: dict[str, list[float]] = defaultdict(list)
+    for i, v in ctr.items():
+        if np.isfinite(v):
+            row = rows[i]
+            groups[f"{row.source}/{row.label4}"].append(v)
+            groups[f"all/{row.label4}"].append(v)
+    return {k: summarize(v) for k, v in sorted(groups.items())}
+
+
 def evaluate_segmentation(
     manifest: str | Path,
     out_dir: str | Path,
@@ -214,9 +226,11 @@ def evaluate_segmentation(
     also scored convention-aware (:data:`cxr_hub.metrics.CONVENTION_AWARE_LUNG`).
 
     Args:
-        postprocess: apply :func:`cxr_hub.postprocessing.clean_label_map` to every prediction and report how many
-            pixels it changed (``metrics["postprocessing"]``); None (default): as the pipeline does for this model
-            (:func:`cxr_hub.postprocessing.uses_postprocessing` of its config).
+        postprocess: score the predictions after :func:`cxr_hub.postprocessing.clean_label_map` (True) or as they
+            come (False); None (default): as the pipeline does for this model
+            (:func:`cxr_hub.postprocessing.uses_postprocessing` of its config). ``metrics["postprocessing"]`` says
+            which (``applied``), how many pixels the clean-up changes, and the scores the other way
+            (``scores_without`` when applied, ``scores_with`` when not).
 
     Returns:
         The metrics dict written to ``out_dir/metrics.json``.
@@ -236,16 +250,20 @@ def evaluate_segmentation(
         raise ValueError("No rows to evaluate: the selection has no images with masks (or labels).")
     model = segmentation if isinstance(segmentation, torch.nn.Module) else load_segmentation_model(segmentation, device)
     processor = segmentation_processor(model, preprocessing)
+    if postprocess is None:
+        postprocess = uses_postprocessing(model.config)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     per_image: list[dict[str, Any]] = []
     scores, by_source = [], defaultdict(list)
     lung_fraction: dict[str, float] = {}
+    ctr_predicted: dict[str, float] = {}  # every image's CTR from our mask, annotated or not
     worst_cases: list[tuple[float, ManifestRow, np.ndarray, np.ndarray]] = []
     failures: list[dict[str, str]] = []
     changed: list[float] = []
-    raw_scores: list[dict[str, dict[str, float]]] = []  # before the clean-up, same inference
+    # the other variant of the same inference: before the clean-up when it is applied, after it when it is not
+    other_scores: list[dict[str, dict[str, float]]] = []
     ctr_pairs: list[tuple[float, float]] = []
     for row in tqdm(list(todo.values()), desc="segmenting", unit="img"):
         try:
@@ -253,11 +271,12 @@ def evaluate_segmentation(
         except CXRInputError as exc:
             failures.append({"id": row.id, "error": str(exc)})
             continue
-        raw = pred = segment(model, processor, [image])[0]
-        if postprocess:
-            pred, report = clean_label_map(raw)
-            changed.append(report.changed_fraction)
+        raw = segment(model, processor, [image])[0]
+        cleaned, report = clean_label_map(raw)
+        changed.append(report.changed_fraction)
+        pred, other = (cleaned, raw) if postprocess else (raw, cleaned)
         lung_fraction[row.id] = _lung_fraction(pred)
+        ctr_predicted[row.id] = float(cardiothoracic_ratio(pred)[0])
         if row.mask is None:
             continue
         target = load_label_map(row.mask)
@@ -270,9 +289,13 @@ def evaluate_segmentation(
         s = structure_scores(pred, target, structures)
         scores.append(s)
         by_source[row.source].append(s)
-        if postprocess:
-            raw_scores.append(structure_scores(raw, target, structures))
+        other_scores.append(structure_scores(other, target, structures))
         ctr = {}
+        if "heart" not in structures:
+            # a reference without a heart (v7labs polygons include the lung behind it): the share of its lung that we
+            # call heart. The convention-aware score cannot see a heart spreading over the lung; this can.
+            lungs = np.isin(target, (LEFT_LUNG, RIGHT_LUNG))
+            ctr["heart_share_of_reference_lung"] = float((pred[lungs] == HEART).mean()) if lungs.any() else math.nan
         if "heart" in structures:  # the reference has a heart: the CTR of our mask against the reference's
             ctr = {"ctr_predicted": cardiothoracic_ratio(pred)[0], "ctr_reference": cardiothoracic_ratio(target)[0]}
             if all(np.isfinite(v) for v in ctr.values()):
@@ -300,17 +323,22 @@ def evaluate_segmentation(
         "resolution": "original mask resolution",
         "selection": {"manifest": str(manifest), "split": split, "sources": sorted(sources) if sources else None},
         "failures": failures,
-        "postprocessing": (
-            {
-                "applied": True,
-                "changed_share_of_labelled_pixels": summarize(changed),
-                "images_changed": int(sum(c > 0 for c in changed)),
-                "scores_without": _mean_std(summarize_scores(raw_scores)),
-            }
-            if postprocess
-            else {"applied": False}
-        ),
+        "postprocessing": {
+            "applied": bool(postprocess),
+            # what the clean-up changes (applied or not: a model measured without it shows what it would do)
+            "changed_share_of_labelled_pixels": summarize(changed),
+            "images_changed": int(sum(c > 0 for c in changed)),
+            ("scores_without" if postprocess else "scores_with"): _mean_std(summarize_scores(other_scores)),
+        },
         "ctr_agreement": ctr_agreement(ctr_pairs),
+        "heart_share_of_reference_lung": summarize(
+            [
+                p["heart_share_of_reference_lung"]
+                for p in per_image
+                if np.isfinite(p.get("heart_share_of_reference_lung", math.nan))
+            ]
+        ),
+        "ctr_predicted_by_source_and_label": _ctr_groups(ctr_predicted, todo),
     }
     if undersegmentation and labelled:
         labels = {r.id: r.label(task) for r in labelled}

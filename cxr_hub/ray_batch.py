@@ -109,6 +109,7 @@ def _batch() -> SimpleNamespace:
         batch_columns,
         batch_inputs,
         default_sampling,
+        error_cells,
         predict_option_problem,
     )
 
@@ -130,6 +131,7 @@ def _batch() -> SimpleNamespace:
         batch_columns=batch_columns,
         batch_inputs=batch_inputs,
         default_sampling=default_sampling,
+        error_cells=error_cells,
         predict_option_problem=predict_option_problem,
     )
 
@@ -158,6 +160,7 @@ class PipelineSpec:
     sampling: str | None = None
     chunk_size: int = 32
     allow_pickle: bool = False
+    check_input: bool = True
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, folders: Mapping[str, str | Path | None]) -> PipelineSpec:
@@ -177,6 +180,7 @@ class PipelineSpec:
             sampling=args.sampling,
             chunk_size=args.chunk_size,
             allow_pickle=args.allow_pickle,
+            check_input=not getattr(args, "no_input_check", False),
         )
 
     def load(self, device: str | None = None) -> CXRPipeline:
@@ -193,6 +197,7 @@ class PipelineSpec:
             sampling=self.sampling or _batch().default_sampling(),
             chunk_size=self.chunk_size,
             allow_pickle=self.allow_pickle,
+            check_input=self.check_input,
         )
 
     def analysis_args(self) -> SimpleNamespace:
@@ -438,21 +443,21 @@ class PipelineActor:
 
     def row(self, path: Path, name: str) -> list[str]:
         """The cells of one film's row (an error row when the film cannot be analysed)."""
-        from .io import CXRInputError, load_image
+        from .io import CXRInputError
 
         b = self._b
         try:
-            image = load_image(path, source_name=b.source_name(path))
-            values = b.result_row(self.pipe, image, name, self.args)
+            values = b.result_row(self.pipe, path, name, self.args)
         except CXRInputError as exc:
-            return self.error_row(name, str(exc))
+            return self.error_row(name, str(exc), b.error_cells(exc))
         except Exception as exc:  # one film must not end a run over a whole archive
             return self.error_row(name, _failure_message(exc, path, name))
         return [b.escape(v) if isinstance(v, str) else ("" if v is None else str(v)) for v in values]
 
-    def error_row(self, name: str, message: str) -> list[str]:
-        """An error row, filled as the single-process run fills it: the settings, the name, the message."""
-        cells = dict.fromkeys(self.header, "") | self.settings
+    def error_row(self, name: str, message: str, extra: Mapping[str, str] | None = None) -> list[str]:
+        """An error row, filled as the single-process run fills it: the settings, the name, the message and the
+        ``extra`` cells of :func:`cxr_hub.commands.error_cells` (an input-check refusal's scores)."""
+        cells = dict.fromkeys(self.header, "") | self.settings | dict(extra or {})
         cells |= {"file": name, "status": "error", "error": self._b.escape(message)}
         return [cells[c] for c in self.header]
 

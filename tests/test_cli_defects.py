@@ -65,6 +65,29 @@ print(json.dumps(out))
     assert code_ == 2 and "was not found" in text and PATIENT not in text
 
 
+def test_python_m_cxr_hub_help_imports_no_torch_and_import_cxr_hub_still_registers() -> None:
+    # the real entry point, not a bare package: python -m cxr_hub imports the package while sys.argv[0] == "-m"
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "cxr_hub", "--help"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "model-card" in done.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time")}
+    assert "cxr_hub" in imported and not imported & {"torch", "transformers", "cv2"}
+    code = """
+import json
+import cxr_hub
+from transformers import AutoConfig, AutoModel
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+cfg = CONFIG_MAPPING["cxr_unet"](base_channels=4)
+print(json.dumps({"model": type(AutoModel.from_config(cfg)).__name__, "lazy": cxr_hub.CXRPipeline.__name__}))
+"""
+    assert run_in_process(code) == {"model": "UNetForSemanticSegmentation", "lazy": "CXRPipeline"}
+
+
 def test_command_list_matches_each_commands_own_help() -> None:
     parser = cli.build_parser()  # every module: their own help
     sub = next(a for a in parser._actions if a.dest == "command")
@@ -335,3 +358,13 @@ def test_redaction_keeps_file_names_and_other_folders() -> None:
     assert redact(text) == f"File 'scan.dcm' is corrupt; see {cli.INPUT_FOLDER}. /data/{PATIENT}_2/x stays."
     assert redact(f"wrote /data/Patients/{STUDY}/results.csv") == "wrote results.csv"
     assert cli.redactor([]) is None
+
+
+def test_the_lazy_public_names_are_the_listed_ones() -> None:
+    import cxr_hub
+
+    assert sorted(cxr_hub.__all__) == sorted([*cxr_hub._EXPORTS, "__version__"])
+    for name in cxr_hub.__all__:
+        assert getattr(cxr_hub, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = cxr_hub.nope

@@ -97,3 +97,33 @@ def test_cli_evaluate_segmentation(tmp_path, tiny_seg_folder, capsys):
         ]
     )
     assert code == 2 and "No segmentation model" in capsys.readouterr().err
+
+
+def test_heart_share_of_a_heartless_reference_and_ctr_groups(tmp_path, tiny_seg_folder, monkeypatch):
+    """A prediction that calls each polygon film's left lung heart: the share is exactly that lung's part."""
+    from cxr_hub import evaluation
+    from cxr_hub.manifest import load_label_map, read_manifest
+
+    manifest = write_synthetic_manifest(tmp_path / "data", n=6)
+    rows = {r.image: r for r in read_manifest(manifest)}
+    expected = []
+
+    def fake_segment(model, processor, images):
+        # evaluate_segmentation visits the rows in manifest order (a wrong pairing would show as a shape failure)
+        row = queue.pop(0)
+        target = load_label_map(row.mask)
+        pred = target.copy()
+        if 1 not in target:  # a heartless (v7labs-style) reference
+            pred[target == 2] = 1
+            expected.append((target == 2).sum() / np.isin(target, (2, 3)).sum())
+        return [pred]
+
+    queue = list(rows.values())
+    monkeypatch.setattr(evaluation, "segment", fake_segment)
+    metrics = evaluate_segmentation(manifest, tmp_path / "out", segmentation=tiny_seg_folder, postprocess=False)
+    share = metrics["heart_share_of_reference_lung"]
+    assert share["n"] == len(expected) == 3
+    assert share["mean"] == pytest.approx(float(np.mean(expected)))
+    groups = metrics["ctr_predicted_by_source_and_label"]
+    assert {k.split("/")[0] for k in groups} == {"alpha", "beta", "all"}
+    assert sum(v["n"] for k, v in groups.items() if k.startswith("all/")) == 6 and not metrics["failures"]

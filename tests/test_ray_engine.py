@@ -219,7 +219,7 @@ def test_actor_rows_in_process(films: tuple[Path, Path], tiny_model_folders) -> 
     assert rows == expected[:2]
     assert set(out.column(ray_batch.WORKER_COLUMN).to_pylist()) == {f"{socket.gethostname()}:{os.getpid()}"}
 
-    def fail(image: object) -> None:
+    def fail(image: object, **kwargs: object) -> None:
         raise RuntimeError(f"cannot open {folder / 'img1.png'} in {folder}")
 
     actor.pipe.prepare = fail  # an unexpected failure on one film: a row with the error, the run goes on

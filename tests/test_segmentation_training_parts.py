@@ -12,7 +12,14 @@ from conftest import synthetic_cxr, synthetic_label_map
 from cxr_hub.postprocessing import clean_label_map
 from cxr_hub.presets import SHIPPED, default_folder
 from training.augment import AugmentConfig, augment_pair, photometric
-from training.losses import ALL_CLASSES, allowed_from_labels, allowed_from_v7labs, partial_label_loss
+from training.losses import (
+    ALL_CLASSES,
+    HeartAtlas,
+    allowed_from_labels,
+    allowed_from_v7labs,
+    heart_atlas,
+    partial_label_loss,
+)
 from training.train_segmentation import convention_aware_lung_jaccard
 
 # ------------------------------------------------------------------------------------------- partial-label loss
@@ -64,6 +71,47 @@ def test_allowed_from_v7labs_sets():
     assert set(np.unique(allowed[poly == 0])) == {0b0011}  # background or heart
     band = allowed_from_v7labs(poly, unknown_band=1) == ALL_CLASSES
     assert band.any() and not band[32, 0] and not band[32, 19]  # only near the borders
+
+
+def test_heart_atlas_maps_hearts_into_each_films_lung_box():
+    labels = np.zeros((1, 40, 40), np.uint8)
+    labels[0, 10:30, 10:18] = 2  # left lung (image right)
+    labels[0, 10:30, 22:30] = 3
+    labels[0, 20:30, 16:24] = 1  # heart: lower half, middle of the box
+    atlas = heart_atlas(labels, grid=20, margin=0.0)
+    # the box is rows 10..29, cols 10..29: the heart fills its rows 10..19 and cols 6..13 on a 20-grid
+    expected = np.zeros((20, 20), bool)
+    expected[10:20, 6:14] = True
+    assert np.array_equal(atlas.grid, expected)
+    # a film whose lungs span twice the box: the region doubles with it
+    big = np.zeros((80, 80), bool)
+    big[20:60, 20:60] = True
+    region = atlas.region(big)
+    assert region[40:60, 32:48].all() and region.sum() == 20 * 16
+    assert atlas.region(np.zeros((8, 8), bool)) is None
+    # a margin dilates the union
+    assert heart_atlas(labels, grid=20, margin=0.1).grid.sum() > expected.sum()
+    with pytest.raises(ValueError, match="square"):
+        HeartAtlas(np.zeros((3, 4), bool))
+
+
+def test_allowed_from_v7labs_keeps_the_heart_inside_the_atlas():
+    poly = np.zeros((40, 40), np.uint8)
+    poly[10:30, 10:19] = 2
+    poly[10:30, 21:30] = 3
+    grid = np.zeros((20, 20), bool)
+    grid[10:, 5:15] = True  # the lower middle of the lung box
+    allowed = allowed_from_v7labs(poly, unknown_band=0, atlas=HeartAtlas(grid))
+    heart_bit = 0b0010
+    assert allowed[12, 12] == 0b0100  # upper left lung: left lung only, no heart
+    assert allowed[25, 17] == 0b0110  # lower medial left lung: lung or heart
+    assert allowed[5, 20] == 0b0001  # above the box: background only
+    assert allowed[25, 20] == 0b0011  # between the lungs, low: background or heart
+    # the unknown band keeps every class but the heart outside the atlas
+    banded = allowed_from_v7labs(poly, unknown_band=1, atlas=HeartAtlas(grid))
+    assert banded[10, 12] == ALL_CLASSES & ~heart_bit
+    # no polygons: no box, the heart stays allowed everywhere
+    assert set(np.unique(allowed_from_v7labs(np.zeros((8, 8), np.uint8), 0, HeartAtlas(grid)))) == {0b0011}
 
 
 # ------------------------------------------------------------------------------------------------- augmentation
@@ -174,8 +222,12 @@ def test_evaluation_reports_postprocessing_and_convention_aware_lung(tmp_path, t
     clean = evaluate_segmentation(
         manifest, tmp_path / "clean", segmentation=model, undersegmentation=False, postprocess=True
     )
-    assert raw["postprocessing"] == {"applied": False}
+    # a tiny FC-DenseNet's config asks for no clean-up: by default it is scored raw, and the clean-up the other way
+    assert raw["postprocessing"]["applied"] is False and "scores_with" in raw["postprocessing"]
     assert clean["postprocessing"]["applied"] and clean["postprocessing"]["changed_share_of_labelled_pixels"]["n"] == 6
+    # the same inference either way round: the raw run's "with" scores are the clean run's headline, and back
+    assert raw["postprocessing"]["scores_with"]["jaccard"] == clean["jaccard"]
+    assert clean["postprocessing"]["scores_without"]["jaccard"] == raw["jaccard"]
     # a random tiny network leaves islands: the clean-up changes something on at least one film
     assert clean["postprocessing"]["images_changed"] >= 1
     # convention-aware lung only where the reference has no heart (the v7labs-style "beta" source)
@@ -217,7 +269,11 @@ def test_warm_start_chain_states_the_total_budget(tmp_path):
 
     from training.train_segmentation import SegTrainConfig, budget_text, describe_training, total_budget
 
-    first = {"config": {"lr": 5e-4, "augment": "strong"}, "summary": {"epochs_run": 20, "minutes": 70.0}}
+    # a first run saved before the heart constraint existed (its config has no atlas fields)
+    first = {
+        "config": {"lr": 5e-4, "augment": "strong", "partial_labels": True},
+        "summary": {"epochs_run": 20, "minutes": 70.0},
+    }
     (tmp_path / "training_config.json").write_text(json.dumps(first))
     config = SegTrainConfig(init_from=str(tmp_path), lr=1e-4)
     summary = {"epochs_run": 5, "minutes": 20.5, "device": "cpu", "autocast": "bfloat16", "best_epoch": 4}
@@ -225,7 +281,10 @@ def test_warm_start_chain_states_the_total_budget(tmp_path):
     assert summary["total_budget"]["epochs"] == 25 and summary["total_budget"]["minutes"] == 90.5
     assert summary["total_budget"]["runs"] == 2
     text = budget_text(summary)
-    assert "25 epochs (20 at lr 0.0005 then 5 at lr 0.0001), 90.5 min" in text
+    assert (
+        "25 epochs (20 at lr 0.0005 (heart allowed anywhere) then 5 at lr 0.0001 (heart atlas + at most 10% of a "
+        "polygon's lung)), 90.5 min" in text
+    )
     assert describe_training({"init_from": str(tmp_path), "augment": True}).startswith("Warm-started from")
     assert total_budget(SegTrainConfig(), summary)["runs"] == 1
 
@@ -239,3 +298,25 @@ def test_ctr_agreement_bland_altman_numbers():
     sd = float(np.std([0.05, -0.02, 0.0], ddof=1))
     assert a["limits_of_agreement"] == pytest.approx([0.01 - 1.96 * sd, 0.01 + 1.96 * sd])
     assert ctr_agreement([]) == {"n": 0}
+
+
+def test_heart_share_penalty_is_a_hinge_on_the_expected_share_inside_the_lungs():
+    from training.losses import heart_share_penalty
+
+    # one image, 4 pixels: 2 inside a polygon (left lung or heart), 1 outside (background or heart), 1 unknown
+    allowed = torch.tensor([[[0b0110, 0b0110, 0b0011, ALL_CLASSES]]])
+    logits = torch.full((1, 4, 1, 4), -20.0)
+    logits[0, 1, 0, :] = 20.0  # the heart everywhere: share 1 inside the lungs
+    assert heart_share_penalty(logits, allowed, 0.25).item() == pytest.approx(0.75, abs=1e-6)
+    logits[0, 1, 0, 1] = -20.0
+    logits[0, 2, 0, 1] = 20.0  # one of the two lung pixels left lung: share 0.5
+    assert heart_share_penalty(logits, allowed, 0.25).item() == pytest.approx(0.25, abs=1e-6)
+    assert heart_share_penalty(logits, allowed, 0.6).item() == 0.0  # within the limit
+    # only the heart inside the lungs counts: the heart outside (pixel 2) and in the band (pixel 3) do not
+    soft = torch.zeros(1, 4, 1, 4)
+    soft[0, 1] = 2.0  # not saturated, so gradients are visible
+    soft.requires_grad_(True)
+    heart_share_penalty(soft, allowed, 0.25).backward()
+    assert torch.all(soft.grad[0, :, 0, 2:] == 0) and soft.grad[0, 1, 0, 0] > 0 > soft.grad[0, 2, 0, 0]
+    # an image without lung pixels adds nothing
+    assert heart_share_penalty(torch.zeros(1, 4, 1, 2), torch.tensor([[[0b0011, 0b0001]]]), 0.0).item() == 0.0

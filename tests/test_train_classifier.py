@@ -156,6 +156,45 @@ def test_epoch_draws_are_balanced_deterministic_and_in_the_lung():
     assert torch.isclose(x.min(), torch.tensor(zero)) or x.min() >= zero  # outside the lung: 0 gray, normalised
 
 
+def test_class_and_source_balanced_sampling_weighs_each_source_of_a_class_alike():
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    sources = ["nih", "nih", "nih", "jsrt", "cohen", "cohen"]
+    p = tc.class_source_balanced_probabilities(labels, sources, 4)
+    # class 0: nih (3 films) and jsrt (1) each 1/4 of the draws; class 1: cohen 1/2
+    np.testing.assert_allclose(p, [1 / 12, 1 / 12, 1 / 12, 1 / 4, 1 / 4, 1 / 4])
+    data = synthetic_data(n=8, labels=[0, 0, 0, 0, 0, 0, 1, 3])
+    config = tc.ClassifierTrainConfig(
+        image_size=256, patch_size=64, input_size=64, source_balanced=True, draws_per_epoch=4000
+    )
+    draws = tc.epoch_draws(tc.InputMaker(data, config, torch.device("cpu")), config, 1)
+    normal = [data.sources[i] for i, _ in draws if data.labels[i] == 0]
+    # the normals of the two synthetic sources are drawn equally often (3 films each here, so as class-balanced)
+    assert abs(normal.count("alpha") - normal.count("beta")) < 0.1 * len(normal)
+
+
+def test_scanner_augment_changes_only_chosen_patches_and_keeps_the_outside_black():
+    rng = np.random.default_rng(0)
+    x = torch.rand(6, 1, 64, 64)
+    inside = torch.zeros(6, 1, 64, 64, dtype=torch.bool)
+    inside[:, :, 8:56, 8:56] = True
+    x = torch.where(inside, x, torch.zeros_like(x))
+    out = tc.scanner_augment(x, inside, rng, share=1.0)
+    assert out.shape == x.shape and (out[~inside] == 0).all() and out.min() >= 0 and out.max() <= 1
+    assert not torch.equal(out, x)
+    assert torch.equal(tc.scanner_augment(x, inside, np.random.default_rng(0), share=0.0), x)
+    # the maker cuts the masks of the same boxes as the patches
+    data = synthetic_data(n=3)
+    config = tc.ClassifierTrainConfig(image_size=256, patch_size=64, input_size=64, scanner_augment=1.0)
+    maker = tc.InputMaker(data, config, torch.device("cpu"))
+    boxes = maker.patch_boxes(0, 2, np.random.default_rng(1))
+    masks = maker.patch_masks(0, boxes)
+    assert masks.dtype == torch.bool and masks.shape == (2, 1, 64, 64)
+    assert torch.equal(masks, maker.patches01(0, boxes) > 0) or masks.sum() >= (maker.patches01(0, boxes) > 0).sum()
+    x_aug, _ = tc.make_batch(maker, [(0, boxes)], np.random.default_rng(2))
+    zero = (0 - config.image_mean) / config.image_std
+    assert torch.allclose(x_aug[~masks], torch.tensor(zero))  # outside the lung still black after the augmentation
+
+
 def test_jitter_keeps_the_outside_at_zero_and_l1_params():
     x = torch.rand(4, 1, 8, 8)
     x[:, :, :2] = 0

@@ -488,3 +488,23 @@ def test_predict_folder_keeps_going_and_records_each_refusal(tmp_path: Path) -> 
         assert rows[name]["status"] == "error" and rows[name]["label"] == "", rows[name]
         assert "does not look like a frontal chest X-ray" in rows[name]["error"] and words in rows[name]["error"]
     assert rows["e_broken.png"]["status"] == "error" and "frontal" not in rows["e_broken.png"]["error"]
+
+
+def test_a_retrained_model_replaces_its_folders_old_calibration(tmp_path):
+    from types import SimpleNamespace
+
+    from cxr_hub.validity import load_validity_file
+    from training.calibrate_validity import write_validity_file
+
+    image = load_validity_file()[0]  # the shipped image thresholds (shared by every model)
+
+    def cal(name: str, fingerprint: str) -> SimpleNamespace:
+        seg = {"name": name, "fingerprint": fingerprint}
+        return SimpleNamespace(segmentation=seg, to_dict=lambda: {"segmentation": seg})
+
+    path = tmp_path / "validity.json"
+    write_validity_file(path, image, cal("seg-a", "1111"))
+    write_validity_file(path, image, cal("seg-b", "2222"))
+    write_validity_file(path, image, cal("seg-a", "3333"))  # seg-a retrained: new weights
+    saved = [c["segmentation"] for c in json.loads(path.read_text())["calibrations"]]
+    assert saved == [{"name": "seg-b", "fingerprint": "2222"}, {"name": "seg-a", "fingerprint": "3333"}]

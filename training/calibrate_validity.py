@@ -894,10 +894,13 @@ def write_validity_file(path: Path, image_thresholds: Any, calibration: Any) -> 
     if path.is_file():
         old = json.loads(path.read_text())
         if old.get("format") == FILE_FORMAT:
+            # a re-calibration replaces that model's entry, and so does a retrained model of the same folder name (the
+            # old weights' calibration would otherwise stay behind, matching no shipped model)
             existing = [
                 c
                 for c in old.get("calibrations", [])
                 if c["segmentation"].get("fingerprint") != calibration.segmentation["fingerprint"]
+                and c["segmentation"].get("name") != calibration.segmentation.get("name")
             ]
     payload = {
         "format": FILE_FORMAT,

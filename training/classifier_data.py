@@ -336,9 +336,15 @@ def build_cache(
         from cxr_hub.pipeline import CXRPipeline
 
         seg = load_segmentation_model(segmentation, device)
-        # fp32 whatever the pipeline's default: the cached masks are the training data of the shipped models
+        # fp32 whatever the pipeline's default: the cached masks are the training data of the shipped models. No input
+        # check: these are curated frontal films, and the check guards uploads; a training set must not depend on
+        # its calibration (it refuses a few extreme real films, e.g. a white-out ICU film)
         pipe = CXRPipeline(
-            seg, _classifier_stub(image_size, do_equalize, gamma), device=seg.device, segmentation_precision="fp32"
+            seg,
+            _classifier_stub(image_size, do_equalize, gamma),
+            device=seg.device,
+            segmentation_precision="fp32",
+            check_input=False,
         )
         for row in tqdm(todo, desc=f"lung masks + {image_size}px frames", unit="img", disable=not progress):
             try:

@@ -633,6 +633,13 @@ def table_v_section(seg: Mapping[str, Any]) -> str:
             f"n = {m['ctr']['n']}): mean absolute error {m['ctr']['mae']:.3f}, mean difference "
             f"{m['ctr']['mean_difference']:+.3f}.",
         ]
+        heart = m.get("heart_share_of_polygon_lung", {}).get("with")
+        if heart and heart.get("n"):
+            words.append(
+                f"- `{name}`, share of the Cohen polygons' lung labelled heart: {heart['mean']:.1%} ± "
+                f"{heart['std']:.1%} (the lung behind the heart is part of it, so a small share is right; the "
+                "convention-aware score counts this heart as lung and cannot see it spread)."
+            )
     header = [
         "model",
         "data",

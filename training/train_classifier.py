@@ -64,6 +64,7 @@ import json
 import math
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,7 @@ from tqdm import tqdm
 from cxr_hub import PatchClassifierConfig, PatchClassifierForImageClassification, patches
 from cxr_hub.classification import accuracy_by_group, classification_report
 from cxr_hub.models import LABEL_SETS, MODES
+from training.augment import AugmentConfig, photometric
 from training.classifier_data import (
     DEFAULT_SEGMENTATION,
     TASKS,
@@ -142,8 +144,14 @@ class ClassifierTrainConfig:
     weight_decay: float = 1e-4
     l1: float = 1e-5
     balanced_sampling: bool = True
+    # within each class, every source (collection) drawn equally often: a class whose films come mostly from one
+    # collection no longer teaches that collection's look (only with balanced_sampling)
+    source_balanced: bool = False
     early_stopping_patience: int = 20  # epochs without a better validation macro F1
     augment: bool = True
+    # share of training patches that also get the scanner augmentation (blur or unsharp masking, noise, JPEG
+    # re-encoding, downsample-upsample: what the histogram equalisation leaves of another scanner; scanner_augment)
+    scanner_augment: float = 0.0
     amp: str = "auto"  # "auto" (bf16 autocast where native), "bf16", "fp16" (CUDA), "none"
     seed: int = 0
     eval_seed: int = 0  # seed of the validation / test patch sampler (the pipeline's seed)
@@ -242,6 +250,62 @@ def class_balanced_probabilities(labels: np.ndarray, num_classes: int) -> np.nda
     return weights / weights.sum()
 
 
+def class_source_balanced_probabilities(labels: np.ndarray, sources: Sequence[str], num_classes: int) -> np.ndarray:
+    """Sampling probability ∝ 1 / (classes present × sources of the image's class × images of its class and source).
+
+    Each present class is drawn equally often (as :func:`class_balanced_probabilities`), and within a class each
+    source equally often: 19 Cohen normals weigh as much as 300 NIH normals.
+
+    Returns:
+        float64 (N,) probabilities summing to 1.
+    """
+    pairs = list(zip(labels.tolist(), sources, strict=True))
+    counts: dict[tuple[int, str], int] = {}
+    for pair in pairs:
+        counts[pair] = counts.get(pair, 0) + 1
+    per_class = np.bincount([c for c, _ in counts], minlength=num_classes)  # sources per class
+    weights = np.array([1.0 / (per_class[c] * counts[(c, s)]) for c, s in pairs])
+    return weights / weights.sum()
+
+
+#: The scanner part of the segmentation augmentation (training/augment.py): no gamma, contrast or brightness, which
+#: the histogram equalisation of the preprocessing removes anyway; blur or unsharp masking, noise, JPEG, resampling.
+SCANNER_AUGMENT = AugmentConfig(
+    max_gamma=0.0,
+    contrast=(1.0, 1.0),
+    brightness=0.0,
+    p_blur=0.3,
+    p_sharpen=0.3,
+    p_noise=0.4,
+    p_jpeg=0.4,
+    p_resample=0.4,
+    resample_factor=(0.35, 0.8),
+)
+
+
+def scanner_augment(x01: torch.Tensor, inside: torch.Tensor, gen: np.random.Generator, share: float) -> torch.Tensor:
+    """The scanner augmentation on a random ``share`` of the samples, the lung mask re-applied afterwards.
+
+    Args:
+        x01: (B, 1, S, S) gray levels in [0, 1], 0 outside the lungs.
+        inside: (B, 1, S, S) bool, the lungs (what stays non-zero).
+        gen: random generator.
+        share: probability per sample (0: unchanged).
+
+    Returns:
+        (B, 1, S, S) in [0, 1].
+    """
+    chosen = np.flatnonzero(gen.random(x01.shape[0]) < share)
+    if chosen.size == 0:
+        return x01
+    out = x01.clone()
+    for b in chosen:
+        img = (x01[b, 0].float().cpu().numpy() * 255.0).astype(np.float32)
+        aug = torch.from_numpy(photometric(img, gen, SCANNER_AUGMENT) / 255.0).to(x01.device, x01.dtype)
+        out[b, 0] = torch.where(inside[b, 0], aug, torch.zeros_like(aug))
+    return out
+
+
 def l1_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """Weights of every convolution and linear layer (the L1 penalty's parameters)."""
     return [
@@ -281,6 +345,7 @@ class InputMaker:
         self.data = data
         self.config = config
         self.device = device
+        self.masks: torch.Tensor | None = None  # the lung masks on the device, once scanner_augment asks for them
         if config.mode == "patch":
             if data.image_size != config.image_size:
                 raise ValueError(f"Frames are {data.image_size} px but config.image_size is {config.image_size}.")
@@ -296,6 +361,12 @@ class InputMaker:
     def patches01(self, i: int, boxes: np.ndarray) -> torch.Tensor:
         """(k, 1, s, s) patches of image i in [0, 1] gray levels, cut with the pipeline's cropper."""
         return patches.crop_patches(self.frames[i], boxes, self.config.input_size) / 255.0
+
+    def patch_masks(self, i: int, boxes: np.ndarray) -> torch.Tensor:
+        """(k, 1, s, s) bool lung masks of the patches :meth:`patches01` cuts with the same boxes."""
+        if self.masks is None:
+            self.masks = torch.from_numpy(self.data.masks).to(self.device)
+        return patches.crop_patches(self.masks[i].to(torch.uint8), boxes, self.config.input_size) > 0
 
     def whole01(self, index: np.ndarray | list[int]) -> torch.Tensor:
         """(n, 1, s, s) whole masked frames (global mode) in [0, 1]."""
@@ -314,9 +385,12 @@ def epoch_draws(maker: InputMaker, config: ClassifierTrainConfig, epoch: int) ->
     size = config.draws_per_epoch or n
     sampler = np.random.default_rng([config.seed, epoch, 0])
     if config.balanced_sampling:
-        order = sampler.choice(
-            n, size=size, replace=True, p=class_balanced_probabilities(data.labels, len(data.class_names))
+        p = (
+            class_source_balanced_probabilities(data.labels, data.sources, len(data.class_names))
+            if config.source_balanced
+            else class_balanced_probabilities(data.labels, len(data.class_names))
         )
+        order = sampler.choice(n, size=size, replace=True, p=p)
     else:
         order = np.concatenate([sampler.permutation(n) for _ in range(math.ceil(size / n))])[:size]
     if config.mode == "global":
@@ -350,6 +424,10 @@ def make_batch(
         y = np.concatenate([np.full(len(b), labels[i]) for i, b in draws])
     if augment_rng is not None:
         x01 = jitter(x01, augment_rng)
+        share = maker.config.scanner_augment
+        if share > 0 and maker.config.mode == "patch":
+            inside = torch.cat([maker.patch_masks(i, b) for i, b in draws])
+            x01 = scanner_augment(x01, inside, augment_rng, share)
     return maker.finish(x01), torch.as_tensor(y, dtype=torch.long, device=maker.device)
 
 
@@ -616,9 +694,25 @@ def training_card_info(
         "untrained_classes": untrained or None,
         "optimiser": f"Adam lr {config.lr}, weight decay {config.weight_decay}, batch {config.batch_size} "
         f"{'patches' if config.mode == 'patch' else 'images'}, L1 {config.l1} on conv/linear weights",
-        "sampling": ("class-balanced (p ∝ 1/class count)" if config.balanced_sampling else "uniform")
+        "sampling": (
+            (
+                "class- and source-balanced (p ∝ 1/(sources of the class × films of that class and source))"
+                if config.source_balanced
+                else "class-balanced (p ∝ 1/class count)"
+            )
+            if config.balanced_sampling
+            else "uniform"
+        )
         + (f", {config.patches_per_image} patch(es) per drawn image" if config.mode == "patch" else ""),
-        "augmentation": "gamma exp(U(-0.15, 0.15)) and gain U(0.9, 1.1) on lung gray levels"
+        "augmentation": (
+            "gamma exp(U(-0.15, 0.15)) and gain U(0.9, 1.1) on lung gray levels"
+            + (
+                f"; on {config.scanner_augment:.0%} of the patches also blur or unsharp masking, noise, JPEG "
+                "re-encoding and downsample-upsample (train_classifier.SCANNER_AUGMENT), the lung mask re-applied"
+                if config.scanner_augment > 0 and config.mode == "patch"
+                else ""
+            )
+        )
         if config.augment
         else "none",
         "model selection": f"validation macro F1 ({config.val_patches} patches per image in patch mode), early "

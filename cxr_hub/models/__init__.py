@@ -86,3 +86,6 @@ __all__ = [
     "register_auto_classes",
     "weighted_segmentation_loss",
 ]
+
+# importing the models registers them (cxr_hub's documented behaviour; idempotent)
+register_auto_classes()
