@@ -67,3 +67,21 @@ def test_lung_histogram_reads_only_the_lungs():
     mask[:, 2:] = True
     hist = lung_histogram(image, mask, bins=4)
     assert hist.tolist() == [0.0, 0.0, 0.0, 1.0]
+
+
+def test_results_section_renders_each_report_and_says_when_there_is_none(tmp_path):
+    import json
+
+    from training.results_tables import ResultFiles, shortcuts_section
+
+    probe_ = {"balanced_accuracy": 0.8, "chance": 1 / 3, "recall": {}, "n": {"jsrt": 3, "nih": 4}, "folds": 5}
+    report = {
+        "accuracy_by_source_and_class": {"jsrt/normal": {"n": 3, "accuracy": 1.0}},
+        "saliency_in_lung": {"all": {"n": 3, "mean": 0.5, "std": 0.1}},
+        "source_probe_normals": {"features": probe_, "lung_histogram_baseline": {**probe_, "balanced_accuracy": 0.4}},
+    }
+    (tmp_path / "shortcuts_my-model.json").write_text(json.dumps(report))
+    files = ResultFiles(root=tmp_path, shortcuts=".")
+    text = shortcuts_section(files.shortcut_reports())
+    assert "| `my-model` | 100.0% (3) | 50.0% | 0.800 | 0.400 | 0.333 |" in text and "jsrt 3, nih 4" in text
+    assert "No shortcut report yet" in shortcuts_section(ResultFiles(root=tmp_path / "none").shortcut_reports())

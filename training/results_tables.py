@@ -98,6 +98,7 @@ class ResultFiles:
     biomarkers: str = "docs/figures/biomarkers_label4/stats.json"
     ablations: str = "docs/results/ablations/ablations.json"
     segmentation: str = "docs/segmentation/table_v.json"
+    shortcuts: str = "docs/results"  # shortcuts_<model>.json of training/shortcut_report.py
     models: str = "models"
 
     def load(self, name: str) -> Any:
@@ -110,6 +111,14 @@ class ResultFiles:
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: run the command that writes it (see {Path(__file__).name}).")
         return json.loads(path.read_text(encoding="utf-8"))
+
+    def shortcut_reports(self) -> dict[str, Any]:
+        """``{model folder name: report}`` of every ``shortcuts_<model>.json`` (empty when none was written)."""
+        folder = self.root / self.shortcuts
+        return {
+            p.stem.removeprefix("shortcuts_"): json.loads(p.read_text(encoding="utf-8"))
+            for p in sorted(folder.glob("shortcuts_*.json"))
+        }
 
     def training_config(self, model: str) -> dict[str, Any]:
         """``models/<model>/training_config.json``."""
@@ -954,6 +963,7 @@ RESULTS_SECTIONS = (
     "table-xvi-vs-paper",
     "table-xiii-xiv-vs-paper",
     "table-v",
+    "shortcuts",
 )
 README_SECTIONS = ("shipped-models",)
 
@@ -975,11 +985,59 @@ def render_sections(files: ResultFiles | None = None) -> dict[str, str]:
         "biomarkers": lambda: biomarker_tables_section(stats),
         "biomarkers-vs-paper": lambda: biomarkers_vs_paper_section(stats),
         "table-v": lambda: table_v_section(files.load("segmentation")),
+        "shortcuts": lambda: shortcuts_section(files.shortcut_reports()),
         "shipped-models": lambda: readme_shipped_models(files),
     }
     out = {name: build() for name, build in builders.items()}
     out.update(ablation_sections(files.load("ablations")))
     return {name: wrap_markdown(text) for name, text in out.items()}
+
+
+def shortcuts_section(reports: Mapping[str, Any]) -> str:
+    """The shortcut report of each classifier (training/shortcut_report.py): accuracy per collection, saliency in the
+    lungs, the source probe on normal films."""
+    if not reports:
+        return "No shortcut report yet: run `python -m training.shortcut_report` (see its docstring)."
+    # every collection/class pair some report has, normals first (the pooled "all/..." rows are left out)
+    keys = {k for r in reports.values() for k in r.get("accuracy_by_source_and_class", {}) if not k.startswith("all/")}
+    present = sorted(keys, key=lambda k: (not k.endswith("/normal"), k))
+    header = [
+        "classifier",
+        *(f"{g} accuracy" for g in present),
+        "saliency in lungs",
+        "source probe (features)",
+        "probe on the lung histogram",
+        "chance",
+    ]
+    rows = []
+    for name, r in reports.items():
+        acc = r.get("accuracy_by_source_and_class", {})
+        sal = r.get("saliency_in_lung", {}).get("all")
+        probe = r["source_probe_normals"]
+        rows.append(
+            [
+                f"`{name}`",
+                *(f"{acc[g]['accuracy']:.1%} ({acc[g]['n']})" if g in acc else "–" for g in present),
+                f"{sal['mean']:.1%}" if sal else "–",
+                f"{probe['features']['balanced_accuracy']:.3f}",
+                f"{probe['lung_histogram_baseline']['balanced_accuracy']:.3f}",
+                f"{probe['features']['chance']:.3f}",
+            ]
+        )
+    table = "\n".join(
+        ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+    )
+    n = next(iter(reports.values()))["source_probe_normals"]["features"]["n"]
+    return (
+        table
+        + "\n\nAccuracy on the classification test split, per collection and class (films in brackets). Saliency: the "
+        "mean share of the predicted class's saliency inside the segmented lungs (patch models). Source probe: "
+        "balanced accuracy of a logistic model telling the collections apart from the classifier's pooled features, "
+        f"among the normal films of every split ({', '.join(f'{k} {v}' for k, v in n.items())}), 5-fold "
+        "cross-validation by patient; the same probe on the lungs' gray-level histogram is the baseline. Lower is "
+        "better: a probe well above the histogram baseline means the features encode the collection beyond what the "
+        "pixels show."
+    )
 
 
 def wrap_markdown(text: str, width: int = 120) -> str:

@@ -140,18 +140,19 @@ def lung_histogram(preprocessed: np.ndarray, lung_mask: np.ndarray, bins: int = 
     return hist / max(hist.sum(), 1)
 
 
-def pooled_features(pipe: Any, prepared: Any, k: int, seed: int = 0) -> np.ndarray:
+def pooled_features(pipe: Any, prepared: Any, k: int, seed: int = 0, use_global: bool = False) -> np.ndarray:
     """The classifier's pooled layer4 features of one film, (D,) float64.
 
     A patch model: the mean over ``k`` lung patches (the pipeline's sampler, ``seed``) of each patch's global average
-    pool. A global model: the global average pool of the whole masked frame.
+    pool. A global model (``use_global``: the pipeline's global classifier): the global average pool of the whole
+    masked frame.
     """
     import torch
 
     from cxr_hub.patches import crop_patches
 
     with torch.inference_mode():
-        if pipe.classifier_model is None:  # a global model, loaded as the pipeline's global classifier
+        if use_global:
             model = pipe.global_classifier
             x = torch.as_tensor(pipe.global_frame(prepared), dtype=torch.float32)[None, None]
         else:
@@ -208,14 +209,17 @@ def main(argv: list[str] | None = None) -> int:
         normals = [r for v in per.values() for r in v[: args.limit]]
     # fp32 and no input check: the probe reads features of curated films, as the classifier was trained on them
     mode = json.loads((Path(args.classifier) / "config.json").read_text()).get("mode", "patch")
-    patch, global_ = (args.classifier, None) if mode == "patch" else (None, args.classifier)
+    # a global model is loaded as the pipeline's global classifier, which needs a patch classifier beside it
+    patch, global_ = (
+        (args.classifier, None) if mode == "patch" else (str(default_folder("label4/patch")), args.classifier)
+    )
     pipe = CXRPipeline.from_pretrained(
         args.segmentation, patch, global_, precision="fp32", segmentation_precision="fp32", check_input=False
     )
     feats, hists, sources, groups = [], [], [], []
     for r in tqdm(normals, desc="normal films", unit="img"):
         prepared = pipe.prepare(r.image)
-        feats.append(pooled_features(pipe, prepared, args.k))
+        feats.append(pooled_features(pipe, prepared, args.k, use_global=global_ is not None))
         hists.append(lung_histogram(prepared.preprocessed, prepared.lung_mask))
         sources.append(r.source)
         groups.append(r.patient_id)
