@@ -27,7 +27,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -416,18 +416,33 @@ def _read_rows(path: Path, header: list[str]) -> tuple[list[list[str]], bool]:
     return complete, not text.endswith("\n") or len(complete) != len(rows) - 1
 
 
-def _rewrite(path: Path, header: list[str], rows: list[list[str]]) -> None:
-    """Replaces the CSV by its header and ``rows``, atomically (drops a torn last row; each row is one append)."""
+def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Writes ``path`` through a temporary file in its folder, fsync'ed and renamed: whole or absent, never torn.
+
+    Args:
+        path: the file to (re)place.
+        write: called with the temporary file, opened for binary writing.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(_csv_line(header) + b"".join(_csv_line(r) for r in rows))
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself must survive a power cut
+    finally:
+        os.close(dir_fd)
+
+
+def _rewrite(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    """Replaces the CSV by its header and ``rows``, atomically (drops a torn last row; each row is one append)."""
+    atomic_write(path, lambda f: f.write(_csv_line(header) + b"".join(_csv_line(r) for r in rows)))
 
 
 def _settings_problem(path: Path, header: list[str], rows: list[list[str]], wanted: dict[str, str]) -> str | None:

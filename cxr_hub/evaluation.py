@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -21,10 +20,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .biomarkers import HEART, LEFT_LUNG, RIGHT_LUNG, cardiothoracic_ratio
+from .biomarkers import cardiothoracic_ratio
 from .io import CXRInputError, load_image
 from .manifest import ManifestRow, load_label_map, read_manifest
-from .metrics import CONVENTION_AWARE_LUNG, STRUCTURE_LABELS, structure_scores, summarize, summarize_scores
+from .metrics import (
+    CONVENTION_AWARE_LUNG,
+    STRUCTURE_LABELS,
+    heart_share_of_lung,
+    structure_scores,
+    summarize,
+    summarize_scores,
+)
 from .models import CXRImageProcessor, image_processor_for
 from .postprocessing import clean_label_map, uses_postprocessing
 from .presets import default_folder
@@ -291,11 +297,8 @@ def evaluate_segmentation(
         by_source[row.source].append(s)
         other_scores.append(structure_scores(other, target, structures))
         ctr = {}
-        if "heart" not in structures:
-            # a reference without a heart (v7labs polygons include the lung behind it): the share of its lung that we
-            # call heart. The convention-aware score cannot see a heart spreading over the lung; this can.
-            lungs = np.isin(target, (LEFT_LUNG, RIGHT_LUNG))
-            ctr["heart_share_of_reference_lung"] = float((pred[lungs] == HEART).mean()) if lungs.any() else math.nan
+        if "heart" not in structures:  # a reference without a heart (v7labs polygons include the lung behind it)
+            ctr["heart_share_of_reference_lung"] = heart_share_of_lung(pred, target)
         if "heart" in structures:  # the reference has a heart: the CTR of our mask against the reference's
             ctr = {"ctr_predicted": cardiothoracic_ratio(pred)[0], "ctr_reference": cardiothoracic_ratio(target)[0]}
             if all(np.isfinite(v) for v in ctr.values()):
@@ -331,13 +334,8 @@ def evaluate_segmentation(
             ("scores_without" if postprocess else "scores_with"): _mean_std(summarize_scores(other_scores)),
         },
         "ctr_agreement": ctr_agreement(ctr_pairs),
-        "heart_share_of_reference_lung": summarize(
-            [
-                p["heart_share_of_reference_lung"]
-                for p in per_image
-                if np.isfinite(p.get("heart_share_of_reference_lung", math.nan))
-            ]
-        ),
+        # summarize skips the images without the value (references with a heart) and NaN
+        "heart_share_of_reference_lung": summarize([p.get("heart_share_of_reference_lung") for p in per_image]),
         "ctr_predicted_by_source_and_label": _ctr_groups(ctr_predicted, todo),
     }
     if undersegmentation and labelled:

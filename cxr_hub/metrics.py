@@ -37,6 +37,16 @@ def overlap_scores(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     return float(inter / union), float(2 * inter / total)
 
 
+def heart_share_of_lung(pred_map: np.ndarray, target_map: np.ndarray) -> float:
+    """Share of the reference's lung pixels that the prediction labels heart; NaN when the reference has no lung.
+
+    For references whose lungs include the lung behind the heart (v7labs polygons): the convention-aware score counts
+    that heart as lung and cannot see it spread over the lung; this can. The right value is small but not zero.
+    """
+    lungs = np.isin(target_map, STRUCTURE_LABELS["lung"])
+    return float(np.isin(pred_map[lungs], STRUCTURE_LABELS["heart"]).mean()) if lungs.any() else float("nan")
+
+
 def structure_scores(
     pred_map: np.ndarray, target_map: np.ndarray, structures: Iterable[str] = tuple(STRUCTURE_LABELS)
 ) -> dict[str, dict[str, float]]:

@@ -47,7 +47,6 @@ import os
 import shutil
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -97,15 +96,16 @@ def _batch() -> SimpleNamespace:
         _STATUS,
         DEFAULT_CLASSIFIER,
         DEFAULT_SEGMENTATION,
-        _csv_line,
         _escape,
         _model_folder,
         _pipeline_option_problem,
         _read_rows,
         _result_row,
+        _rewrite,
         _row_name,
         _settings_problem,
         _source_name,
+        atomic_write,
         batch_columns,
         batch_inputs,
         default_sampling,
@@ -119,16 +119,17 @@ def _batch() -> SimpleNamespace:
         status=_STATUS,
         default_classifier=DEFAULT_CLASSIFIER,
         default_segmentation=DEFAULT_SEGMENTATION,
-        csv_line=_csv_line,
         escape=_escape,
         model_folder=_model_folder,
         pipeline_option_problem=_pipeline_option_problem,
         read_rows=_read_rows,
         result_row=_result_row,
+        rewrite_csv=_rewrite,
         row_name=_row_name,
         settings_problem=_settings_problem,
         source_name=_source_name,
         batch_columns=batch_columns,
+        atomic_write=atomic_write,
         batch_inputs=batch_inputs,
         default_sampling=default_sampling,
         error_cells=error_cells,
@@ -654,35 +655,16 @@ def _previous_settings(output: Path) -> list[dict[str, Any]]:
         return []
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Writes ``path`` through a temporary file in its folder, fsync'ed and renamed: whole or absent, never torn."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself must survive a power cut
-    finally:
-        os.close(dir_fd)
-
-
 def _write_output(path: Path, header: list[str], rows: list[list[str]], metadata: Mapping[str, str]) -> None:
+    b = _batch()
     if output_format(path) == "csv":
-        csv_line = _batch().csv_line
-        _atomic_write(path, lambda f: f.write(csv_line(header) + b"".join(csv_line(r) for r in rows)))
+        b.rewrite_csv(path, header, rows)
         return
     import pyarrow.parquet as pq
 
     table = cells_to_table(header, rows)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-    _atomic_write(path, lambda f: pq.write_table(table, f))
+    b.atomic_write(path, lambda f: pq.write_table(table, f))
 
 
 def _write_part(parts: Path, header: list[str], rows: list[list[str]]) -> None:
@@ -690,7 +672,9 @@ def _write_part(parts: Path, header: list[str], rows: list[list[str]]) -> None:
 
     parts.mkdir(parents=True, exist_ok=True)
     table = cells_to_table(header, rows)
-    _atomic_write(parts / f"part-{time.time_ns():020d}-{os.getpid()}.parquet", lambda f: pq.write_table(table, f))
+    _batch().atomic_write(
+        parts / f"part-{time.time_ns():020d}-{os.getpid()}.parquet", lambda f: pq.write_table(table, f)
+    )
 
 
 # ------------------------------------------------------------------------------------------------------- run

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from cxr_hub.classification import accuracy_by_group
+
 #: Folds of the probe's cross-validation (grouped by patient, stratified by source as far as groups allow).
 FOLDS = 5
 #: L2 weight of the probe (features are standardised first).
@@ -51,12 +53,11 @@ def accuracy_by_source_and_class(
     """Accuracy per ``"source/label"`` of an evaluate ``predictions.csv`` (rows with ``source``, ``label`` and the
     ``column`` of predictions: ``prediction`` for the patch model, ``global_prediction`` for the global one), with
     the count; ``"all/label"`` pools the sources."""
-    groups: dict[str, list[int]] = defaultdict(list)
-    for r in predictions:
-        ok = int(r[column] == r["label"])
-        groups[f"{r['source']}/{r['label']}"].append(ok)
-        groups[f"all/{r['label']}"].append(ok)
-    return {k: {"n": len(v), "accuracy": float(np.mean(v))} for k, v in sorted(groups.items())}
+    labels = [r["label"] for r in predictions]
+    predicted = [r[column] for r in predictions]
+    by_source = accuracy_by_group(labels, predicted, [f"{r['source']}/{r['label']}" for r in predictions])
+    pooled = accuracy_by_group(labels, predicted, [f"all/{r['label']}" for r in predictions])
+    return dict(sorted({**by_source, **pooled}.items()))
 
 
 def saliency_share(predictions: Sequence[Mapping[str, str]]) -> dict[str, Any]:

@@ -45,7 +45,7 @@ import torch
 from tqdm import tqdm
 
 from cxr_hub import FCDenseNetConfig, FCDenseNetForSemanticSegmentation, UNetConfig, UNetForSemanticSegmentation
-from cxr_hub.metrics import CONVENTION_AWARE_LUNG, structure_scores, summarize_scores
+from cxr_hub.metrics import CONVENTION_AWARE_LUNG, heart_share_of_lung, structure_scores, summarize_scores
 from cxr_hub.models import CXRImageProcessor, image_processor_for
 from training.augment import augment_pair
 from training.config import parse_dataclass_config
@@ -227,8 +227,8 @@ def evaluate_polygons(
         refs = polygons[start : start + batch_size]
         scores += [convention_aware_lung_jaccard(p, t) for p, t in zip(pred, refs, strict=True)]
         for p, t in zip(pred, refs, strict=True):
-            inside = np.isin(t, (2, 3))
-            heart.append(float((p[inside] == 1).mean()) if inside.any() else 0.0)
+            share = heart_share_of_lung(p, t)
+            heart.append(0.0 if math.isnan(share) else share)
     return {
         "mean": float(np.mean(scores)),
         "std": float(np.std(scores)),
