@@ -16,6 +16,9 @@ Rules (each deliberate, each a difference from or a pinning-down of the authors'
   shifts the index of every later pixel and the whole draw changes, like a new seed. This makes the vote stable
   under tiny segmentation changes (reduced-precision segmentation, a re-encoded upload). Training uses ``"joint"``
   (same distribution; the shipped models were trained with it).
+* **Centre margin** (``PatchClassifierConfig.patch_center_margin``, default 0: the paper). A classifier trained with
+  a margin gets its centres from :func:`patch_center_region`, the lung pixels deeper than that share of the patch
+  side, so its patches show lung tissue more than the lung's outline against the masked background.
 * **Border shift, no padding.** A patch whose centred box would leave the frame is shifted back inside it, so every
   patch has exactly ``patch_size`` pixels of real image on each side and no zero padding.
 * **Resize to the network input.** A patch cut at a size other than the network's input is resized (bilinear,
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -55,9 +59,44 @@ __all__ = [
     "boxes_from_centers",
     "crop_patches",
     "majority_vote",
+    "patch_center_region",
     "sample_patch_boxes",
     "sample_patch_centers",
 ]
+
+
+def patch_center_region(mask: np.ndarray, margin: int) -> np.ndarray:
+    """The lung pixels at least ``margin`` pixels (Euclidean) from the nearest non-lung pixel: where centres may lie.
+
+    A patch centred on the lung's edge is half background (gray level 0 in a lung-masked frame), and the outline it
+    shows, sharp against the zeros, differs between collections (AP versus PA films, one segmentation's style): a
+    cue of where a film comes from rather than of the tissue. Drawing centres deeper in the lung keeps patches
+    mostly on lung tissue. The frame border counts as lung-free too.
+
+    Args:
+        mask: (H, W) boolean or integer array; nonzero = lung.
+        margin: distance in pixels of the mask's frame, >= 0; 0 returns the lung mask itself.
+
+    Returns:
+        bool (H, W). When no lung pixel is that deep (a small or thin lung), the whole lung mask, so that every film
+        with lungs still gets patches; empty only when the mask is.
+
+    Raises:
+        ValueError: a negative margin or a mask that is not 2-D.
+    """
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be 2-D (H, W), got shape {m.shape}.")
+    if int(margin) < 0:
+        raise ValueError(f"margin must be >= 0 pixels, got {margin}.")
+    lung = m.astype(bool, copy=False)
+    if int(margin) == 0:
+        return lung
+    # pad with background so that the frame's edge is an edge of the lung as well
+    padded = np.pad(lung, 1).astype(np.uint8)
+    depth = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    region = depth > int(margin)
+    return region if region.any() else lung
 
 
 def sample_patch_centers(

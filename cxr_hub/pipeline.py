@@ -79,7 +79,14 @@ from .models import (
     PatchClassifierConfig,
     image_processor_for,
 )
-from .patches import DEFAULT_SAMPLING, SAMPLING_MODES, crop_patches, majority_vote, sample_patch_boxes
+from .patches import (
+    DEFAULT_SAMPLING,
+    SAMPLING_MODES,
+    crop_patches,
+    majority_vote,
+    patch_center_region,
+    sample_patch_boxes,
+)
 from .postprocessing import clean_label_map, uses_postprocessing
 from .preprocessing import map_boxes, preprocess_cxr, resize_image, resize_label_map
 from .quantization import INT8_VALIDATED, Int8CalibrationError, cpu_has_int8, quantize_int8
@@ -178,6 +185,7 @@ FRAME_FIELDS = (
     "image_std",
     "patch_size",
     "num_patches",
+    "patch_center_margin",
     "lung_masked",
 )
 
@@ -1138,7 +1146,9 @@ class CXRPipeline:
         if not 1 <= patch_size <= min(frame_shape):
             raise ValueError(f"patch_size must be between 1 and the classifier frame side {min(frame_shape)}.")
         rng = np.random.default_rng(seed)
-        centers, boxes = sample_patch_boxes(prepared.frame_mask, k, patch_size, rng, mode=self.sampling)
+        # centres as the classifier was trained: anywhere in the lung, or deeper than its patch_center_margin
+        region = patch_center_region(prepared.frame_mask, cfg.center_margin_pixels(patch_size))
+        centers, boxes = sample_patch_boxes(region, k, patch_size, rng, mode=self.sampling)
         if self.voting == "dense":
             side, cell, window = dense_geometry(frame_shape[0], patch_size, cfg.input_size)
             boxes, _ = snap_boxes(boxes, cell, side // 32, window, patch_size)

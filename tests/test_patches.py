@@ -12,6 +12,7 @@ from cxr_hub.patches import (
     boxes_from_centers,
     crop_patches,
     majority_vote,
+    patch_center_region,
     sample_patch_boxes,
     sample_patch_centers,
 )
@@ -187,3 +188,28 @@ def test_vote_tie_break_by_mean_probability_then_lowest_index():
     assert idx == 2 and counts.tolist() == [0, 1, 2]
     with pytest.raises(ValueError):
         majority_vote(np.zeros((0, 3)))
+
+
+def test_patch_center_region_keeps_centres_deep_in_the_lung():
+    mask = np.zeros((100, 120), dtype=bool)
+    mask[10:90, 20:60] = True  # a 40 px wide lung
+    assert patch_center_region(mask, 0) is not None and (patch_center_region(mask, 0) == mask).all()
+    region = patch_center_region(mask, 10)
+    assert region.any() and not (region & ~mask).any()
+    ys, xs = np.nonzero(region)
+    # more than 10 px (centre to centre) from the nearest background pixel (columns 19 and 60, rows 9 and 90)
+    assert xs.min() == 30 and xs.max() == 49 and ys.min() == 20 and ys.max() == 79
+    edge = np.zeros((50, 50), dtype=bool)
+    edge[:, :30] = True  # touches the frame's edge: the edge counts as background
+    assert np.nonzero(patch_center_region(edge, 5))[1].min() == 5  # 6 px from the column beyond the edge
+
+
+def test_patch_center_region_falls_back_to_the_lung_when_nothing_is_that_deep():
+    thin = np.zeros((60, 60), dtype=bool)
+    thin[10:50, 28:32] = True  # 4 px wide: no pixel is 10 px deep
+    np.testing.assert_array_equal(patch_center_region(thin, 10), thin)
+    assert not patch_center_region(np.zeros((8, 8), dtype=bool), 3).any()
+    with pytest.raises(ValueError, match="margin"):
+        patch_center_region(thin, -1)
+    with pytest.raises(ValueError, match="2-D"):
+        patch_center_region(thin[None], 2)

@@ -19,6 +19,7 @@ from cxr_hub import (
     PatchClassifierForImageClassification,
 )
 from cxr_hub.cli import main as cli_main
+from cxr_hub.patches import patch_center_region
 from cxr_hub.pipeline import FRAME_FIELDS, CXRPipeline, NoClassifierError, PatchSample, PipelineResult, PreparedImage
 from cxr_hub.saliency import reference_gradcam
 
@@ -205,6 +206,24 @@ def test_sampled_centres_lie_in_the_lung(pipe, image):
     assert prepared.frame_mask[cy, cx].all()
     b = r.patch_boxes_1024
     assert (b[:, :2] >= 0).all() and (b[:, 2:] <= 256).all()
+
+
+def test_sampled_centres_keep_the_classifiers_centre_margin(pipe, image):
+    """A classifier trained with patch_center_margin gets its patches drawn the same way by the pipeline."""
+    prepared = pipe.prepare(image)
+    region = patch_center_region(prepared.frame_mask, 16)
+    assert 0 < region.sum() < prepared.frame_mask.sum()
+    saved = pipe.frame_config.patch_center_margin
+    pipe.frame_config.patch_center_margin = 0.25  # of the 64 px patch: 16 px
+    try:
+        sample = pipe.sample_patches(prepared, k=200, seed=5)
+        wider = pipe.sample_patches(prepared, k=200, patch_size=96, seed=5)  # the margin scales with the patch
+    finally:
+        pipe.frame_config.patch_center_margin = saved
+    cx, cy = sample.centers_1024[:, 0], sample.centers_1024[:, 1]
+    assert region[cy, cx].all()
+    deeper = patch_center_region(prepared.frame_mask, 24)
+    assert deeper[wider.centers_1024[:, 1], wider.centers_1024[:, 0]].all()
 
 
 def test_patch_size_other_than_trained_is_flagged_and_cropped_at_that_size(pipe, image):

@@ -16,6 +16,7 @@ from training import train_classifier as tc
 from training.classifier_data import (
     ClassifierData,
     build_cache,
+    hold_out_source_normals,
     load_cached_data,
     load_pack,
     masked_frame,
@@ -193,6 +194,39 @@ def test_scanner_augment_changes_only_chosen_patches_and_keeps_the_outside_black
     x_aug, _ = tc.make_batch(maker, [(0, boxes)], np.random.default_rng(2))
     zero = (0 - config.image_mean) / config.image_std
     assert torch.allclose(x_aug[~masks], torch.tensor(zero))  # outside the lung still black after the augmentation
+
+
+def test_hold_out_source_normals_takes_that_sources_normals_out_of_every_split():
+    data = synthetic_data(n=12)  # labels cycle normal, bacterial, viral_covid; sources alternate alpha, beta
+    splits = {"train": data.subset(range(6)), "val": data.subset([6, 7, 8]), "test": data.subset([9, 10, 11])}
+    kept, held = hold_out_source_normals(splits, "alpha")
+    assert held.label_names() == ["normal"] * len(held) and set(held.sources) == {"alpha"}
+    expected = [i for i in range(12) if data.labels[i] == 0 and data.sources[i] == "alpha"]
+    assert held.ids == [f"img{i}" for i in expected] and len(held) == 2  # img0 (train) and img6 (val)
+    for name, part in kept.items():
+        assert not set(part.ids) & set(held.ids) and len(part) + sum(i in splits[name].ids for i in held.ids) == len(
+            splits[name]
+        )
+    np.testing.assert_array_equal(held.frames[1], data.frames[6])
+    assert "beta" in {
+        s for s, y in zip(kept["train"].sources, kept["train"].label_names(), strict=True) if y == "normal"
+    }
+    with pytest.raises(ValueError, match="sources with normal films"):
+        hold_out_source_normals(splits, "gamma")
+
+
+def test_patch_center_margin_reaches_the_sampler_and_the_model_config(tmp_path):
+    data = synthetic_data(n=3)
+    config = _config(tmp_path, patch_center_margin=0.25)  # of a 64 px patch: 16 px
+    maker = tc.InputMaker(data, config, torch.device("cpu"))
+    boxes = maker.patch_boxes(0, 300, np.random.default_rng(0))
+    centres = boxes[:, :2] + 32  # boxes of the centred 64 px patches (none is shifted: the lungs are far from edges)
+    region = cxr_hub.patches.patch_center_region(data.masks[0], 16)
+    assert region[centres[:, 1], centres[:, 0]].all() and region.sum() < data.masks[0].sum()
+    model = tc.build_model(config, ["normal", "bacterial", "viral_covid"])
+    assert model.config.patch_center_margin == 0.25 and model.config.center_margin_pixels() == 16
+    with pytest.raises(SystemExit, match="patch-center-margin"):
+        tc.parse_config(["--patch-center-margin", "0.7"])
 
 
 def test_jitter_keeps_the_outside_at_zero_and_l1_params():

@@ -190,6 +190,65 @@ def fraction_subset(data: ClassifierData, fraction: float, seed: int = 0) -> Cla
     return data.subset([i for i, p in enumerate(data.patients) if p in keep])
 
 
+def concatenate(parts: Sequence[ClassifierData]) -> ClassifierData:
+    """The rows of several :class:`ClassifierData` of one task, in order.
+
+    Raises:
+        ValueError: no parts, or parts of different tasks (class names) or frame sizes.
+    """
+    if not parts:
+        raise ValueError("concatenate needs at least one ClassifierData.")
+    names = parts[0].class_names
+    if any(p.class_names != names for p in parts) or len({p.frames.shape[1:] for p in parts}) > 1:
+        raise ValueError("concatenate needs parts of one task and one frame size.")
+    return ClassifierData(
+        ids=[i for p in parts for i in p.ids],
+        labels=np.concatenate([p.labels for p in parts]),
+        class_names=list(names),
+        sources=[s for p in parts for s in p.sources],
+        patients=[s for p in parts for s in p.patients],
+        frames=np.concatenate([p.frames for p in parts]),
+        masks=np.concatenate([p.masks for p in parts]),
+        views=[v for p in parts for v in p.views],
+    )
+
+
+def hold_out_source_normals(
+    splits: Mapping[str, ClassifierData], source: str, normal: str = "normal"
+) -> tuple[dict[str, ClassifierData], ClassifierData]:
+    """Leave-one-source-out for normals: the normal films of ``source`` leave every split and form one held-out set.
+
+    A normal film of a collection the classifier never saw must still be called normal; if the classifier learnt
+    "this collection's look means normal", it fails here. The held-out set takes that source's normals of all splits
+    (none of them was trained on), so the estimate rests on every such film rather than on the test split alone.
+
+    Args:
+        splits: ``{"train": ..., "val": ..., "test": ...}``.
+        source: the collection to hold out (``jsrt``, ``nih``, ...).
+        normal: the normal class's name.
+
+    Returns:
+        ``(splits without those films, the held-out films)``.
+
+    Raises:
+        ValueError: no normal film of that source in any split (the choices are listed).
+    """
+    kept: dict[str, ClassifierData] = {}
+    held: list[ClassifierData] = []
+    for name, data in splits.items():
+        normal_id = data.class_names.index(normal)
+        out = (data.labels == normal_id) & (np.asarray(data.sources) == source)
+        kept[name] = data.subset(np.flatnonzero(~out))
+        if out.any():
+            held.append(data.subset(np.flatnonzero(out)))
+    if not held:
+        sources = sorted(
+            {s for d in splits.values() for s, y in zip(d.sources, d.label_names(), strict=True) if y == normal}
+        )
+        raise ValueError(f"No {normal} film of source {source!r} to hold out; sources with {normal} films: {sources}.")
+    return kept, concatenate(held)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Cache
 # --------------------------------------------------------------------------------------------------------------------

@@ -51,6 +51,13 @@ Definitions:
 * **Ablations** (``training/ablations.py``): ``train_fraction`` keeps a patient-level, class-stratified share of the
   training patients (nested across fractions); ``--no-lung-mask`` trains on the whole preprocessed frame (patch
   centres still lie in the lungs) and sets ``config.lung_masked = False`` so the pipeline feeds it unmasked frames.
+* **Shortcut experiments** (#16): ``--source-balanced`` draws each collection of a class equally often;
+  ``--scanner-augment P`` adds scanner-like degradations to a share P of the patches; ``--patch-center-margin M``
+  draws patch centres at least M x patch side deep in the lung (saved in the model's config, which the pipeline
+  follows), so patches show tissue rather than the lung outline; ``--hold-out-source S`` (leave-one-source-out)
+  removes the normal films of collection S from training and validation and, after training, scores all of them
+  (every split) in ``held_out_metrics.json`` and ``training_config.json["held_out"]``; such a run exports into its
+  run directory unless ``--out`` is given.
 * **Selection**: the best epoch has the highest validation macro F1 (over the classes present in validation);
   ties go to the lower validation loss. Early stopping after ``early_stopping_patience`` epochs without a better
   epoch.
@@ -84,6 +91,7 @@ from training.classifier_data import (
     ClassifierData,
     fraction_subset,
     global_frames,
+    hold_out_source_normals,
     normalise,
 )
 from training.config import parse_dataclass_config
@@ -130,8 +138,14 @@ class ClassifierTrainConfig:
     num_patches: int = 100  # K at test time (saved as config.num_patches)
     val_patches: int = 25  # K for the per-epoch validation vote (CPU-friendly; the final test uses num_patches)
     patches_per_image: int = 1  # patches cut from each drawn image in a training step
+    # patch centres at least this share of the patch side deep in the lung (saved in the model config, which the
+    # pipeline follows); 0: anywhere in the lung (the paper)
+    patch_center_margin: float = 0.0
     draws_per_epoch: int | None = None  # image draws per epoch (default: the number of training images)
     train_fraction: float = 1.0  # share of each class's training patients (patient-level; the Fig. 12 ablation)
+    # leave-one-source-out: the normal films of this source (e.g. jsrt, nih) are removed from training and
+    # validation, and all of them (every split) are scored after training as films of a collection never seen
+    hold_out_source: str | None = None
     lung_mask: bool = True  # train on lung-masked frames (the paper); False: whole frames (the Table XVI ablation)
     gamma: float | None = 0.5
     do_equalize: bool = True
@@ -172,8 +186,12 @@ class ClassifierTrainConfig:
         return Path(self.run_dir or f"runs/classifier-{self.task}-{self.mode}")
 
     def resolved_out(self) -> Path:
-        """The export folder (default from :data:`DEFAULT_OUT`)."""
-        return Path(self.out or DEFAULT_OUT[(self.task, self.mode)])
+        """The export folder (default from :data:`DEFAULT_OUT`; a held-out-source run exports into its run dir)."""
+        if self.out:
+            return Path(self.out)
+        if self.hold_out_source:
+            return self.resolved_run_dir() / "export"  # an experiment never replaces a shipped model by default
+        return Path(DEFAULT_OUT[(self.task, self.mode)])
 
 
 def parse_config(argv: list[str] | None = None) -> tuple[ClassifierTrainConfig, bool]:
@@ -189,6 +207,10 @@ def parse_config(argv: list[str] | None = None) -> tuple[ClassifierTrainConfig, 
         raise SystemExit("--draws-per-epoch must be at least 1")
     if not 0.0 < config.train_fraction <= 1.0:
         raise SystemExit(f"--train-fraction must be in (0, 1], got {config.train_fraction}")
+    if not 0.0 <= config.patch_center_margin <= 0.5:
+        raise SystemExit(
+            f"--patch-center-margin must be in [0, 0.5] (a share of the patch side), got {config.patch_center_margin}"
+        )
     return config, resume
 
 
@@ -219,6 +241,7 @@ def build_model(
         patch_size=config.patch_size,
         input_size=config.input_size,
         num_patches=config.num_patches,
+        patch_center_margin=config.patch_center_margin,
         image_mean=config.image_mean,
         image_std=config.image_std,
         drop_rate=config.drop_rate,
@@ -346,6 +369,8 @@ class InputMaker:
         self.config = config
         self.device = device
         self.masks: torch.Tensor | None = None  # the lung masks on the device, once scanner_augment asks for them
+        self.margin = round(config.patch_center_margin * config.patch_size)
+        self.regions: dict[int, np.ndarray] = {}  # where patch centres may lie, per image (margin > 0 only)
         if config.mode == "patch":
             if data.image_size != config.image_size:
                 raise ValueError(f"Frames are {data.image_size} px but config.image_size is {config.image_size}.")
@@ -354,8 +379,14 @@ class InputMaker:
             self.frames = torch.from_numpy(global_frames(data, config.input_size, config.lung_mask)).to(device)
 
     def patch_boxes(self, i: int, k: int, rng: np.random.Generator) -> np.ndarray:
-        """(k, 4) patch boxes of image i from the pipeline's sampler (centres uniform over the lung pixels)."""
-        _, boxes = patches.sample_patch_boxes(self.data.masks[i], k, self.config.patch_size, rng)
+        """(k, 4) patch boxes of image i from the pipeline's sampler (centres uniform over the lung pixels, or over
+        those deeper than the centre margin, as :func:`cxr_hub.patches.patch_center_region` and the pipeline)."""
+        region = self.data.masks[i]
+        if self.margin:
+            if i not in self.regions:
+                self.regions[i] = patches.patch_center_region(region, self.margin)
+            region = self.regions[i]
+        _, boxes = patches.sample_patch_boxes(region, k, self.config.patch_size, rng)
         return boxes
 
     def patches01(self, i: int, boxes: np.ndarray) -> torch.Tensor:
@@ -703,7 +734,13 @@ def training_card_info(
             if config.balanced_sampling
             else "uniform"
         )
-        + (f", {config.patches_per_image} patch(es) per drawn image" if config.mode == "patch" else ""),
+        + (f", {config.patches_per_image} patch(es) per drawn image" if config.mode == "patch" else "")
+        + (
+            f", patch centres at least {config.patch_center_margin:g} x the patch side "
+            f"({round(config.patch_center_margin * config.patch_size)} px) deep in the lung"
+            if config.mode == "patch" and config.patch_center_margin > 0
+            else ""
+        ),
         "augmentation": (
             "gamma exp(U(-0.15, 0.15)) and gain U(0.9, 1.1) on lung gray levels"
             + (
@@ -799,6 +836,16 @@ def main(argv: list[str] | None = None) -> int:
         info["counts"]["train"] = splits["train"].class_counts()
         info["sources"]["train"] = dict(sorted(Counter(splits["train"].sources).items()))
         info["train_fraction"] = {"fraction": config.train_fraction, "images": len(splits["train"]), "of": full}
+    held: ClassifierData | None = None
+    if config.hold_out_source:
+        try:
+            splits, held = hold_out_source_normals(splits, config.hold_out_source)
+        except ValueError as exc:
+            raise SystemExit(f"error: --hold-out-source: {exc}") from exc
+        for name, part in splits.items():
+            info["counts"][name] = part.class_counts()
+            info["sources"][name] = dict(sorted(Counter(part.sources).items()))
+        info["held_out"] = {"source": config.hold_out_source, "class": "normal", "images": len(held)}
     counts = info["counts"]
     tqdm.write(f"data: {info['source']}")
     tqdm.write("images per class: " + json.dumps(counts))
@@ -824,6 +871,19 @@ def main(argv: list[str] | None = None) -> int:
         config.notes.append(f"untrained and absent (no training images): {', '.join(summary['untrained_classes'])}")
     if config.pretrained == "none":
         config.notes.append("trained from scratch: no ImageNet initialisation")
+    held_report = None
+    if held is not None:
+        held_report = evaluate_test(best, held, config)
+        (run_dir / "held_out_metrics.json").write_text(json.dumps(held_report, indent=2) + "\n")
+        called = held_report["per_class"]["normal"]["sensitivity"]
+        tqdm.write(
+            f"held-out {config.hold_out_source} normals (never trained on) called normal: {called:.1%} "
+            f"(n={held_report['n']})"
+        )
+        config.notes.append(
+            f"leave-one-source-out experiment: the {config.hold_out_source} normal films were held out of training "
+            f"and validation; {called:.1%} of them (n={held_report['n']}) are called normal"
+        )
     export_hub_folder(
         best.cpu(),
         out,
@@ -835,6 +895,8 @@ def main(argv: list[str] | None = None) -> int:
         template=CARD_TEMPLATE if CARD_TEMPLATE.is_file() else None,
     )
     final = {"config": dataclasses.asdict(config), "data": info, "summary": summary, "test": test}
+    if held_report is not None:
+        final["held_out"] = held_report
     for folder in (run_dir, out):
         (folder / "training_config.json").write_text(json.dumps(final, indent=2, default=str) + "\n")
     size_mb = sum(p.stat().st_size for p in out.glob("*.safetensors")) / 2**20

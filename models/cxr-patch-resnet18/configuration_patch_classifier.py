@@ -29,6 +29,9 @@ class PatchClassifierConfig(PretrainedConfig):
         patch_size: side of a patch as cut from that frame (the paper: 224).
         input_size: side the network sees (patches of another size are resized to it).
         num_patches: K, patches per image at inference (the paper: 100).
+        patch_center_margin: patch centres lie at least this share of the patch side deep inside the lung
+            (``cxr_hub.patches.patch_center_region``), in [0, 0.5]; 0 (the paper): anywhere in the lung. Training and
+            inference read it from here, so a model is always fed patches drawn as it was trained.
         image_mean: gray mean subtracted after scaling the preprocessed image to [0, 1].
         image_std: gray std divided after that.
         drop_rate: dropout before the linear head.
@@ -55,6 +58,7 @@ class PatchClassifierConfig(PretrainedConfig):
         patch_size: int = 224,
         input_size: int = 224,
         num_patches: int = 100,
+        patch_center_margin: float = 0.0,
         image_mean: float = 0.5,
         image_std: float = 0.25,
         drop_rate: float = 0.0,
@@ -77,6 +81,10 @@ class PatchClassifierConfig(PretrainedConfig):
             raise ValueError(f"patch_size {patch_size} is larger than image_size {image_size}.")
         if int(num_patches) < 1:
             raise ValueError(f"num_patches must be at least 1, got {num_patches}.")
+        if not 0.0 <= float(patch_center_margin) <= 0.5:
+            raise ValueError(
+                f"patch_center_margin must be in [0, 0.5] (a share of the patch side), got {patch_center_margin}."
+            )
         self.backbone = backbone
         self.num_channels = int(num_channels)
         self.label_set = label_set
@@ -85,6 +93,7 @@ class PatchClassifierConfig(PretrainedConfig):
         self.patch_size = int(patch_size)
         self.input_size = int(input_size)
         self.num_patches = int(num_patches)
+        self.patch_center_margin = float(patch_center_margin)
         self.image_mean = float(image_mean)
         self.image_std = float(image_std)
         self.drop_rate = float(drop_rate)
@@ -103,3 +112,7 @@ class PatchClassifierConfig(PretrainedConfig):
         unknown = set(self.trained_classes) - set(self.label2id)
         if unknown:
             raise ValueError(f"trained_classes {sorted(unknown)} are not in id2label {sorted(self.label2id)}.")
+
+    def center_margin_pixels(self, patch_size: int | None = None) -> int:
+        """The centre margin in pixels of the frame for a patch side (default: ``patch_size``)."""
+        return round(self.patch_center_margin * int(patch_size or self.patch_size))
