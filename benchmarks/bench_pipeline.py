@@ -170,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip the extra K = 100 run with the other segmentation arithmetic (fp32 if the pipeline's is bf16)",
     )
-    parser.add_argument("--no-dense", action="store_true", help="skip the opt-in dense-voting runs")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument(
         "--max-patches-a", type=int, default=10, help="(a): patches actually run per K, time scaled to K (10)"
@@ -210,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"models: {what}; device {pipe.device}; chunk {args.chunk_size}; precision {args.precision} (classifier runs "
         f"in {arithmetic}); segmentation precision {args.segmentation_precision} (bf16: "
-        f"{pipe._segmentation_uses_bf16()}); batch norms folded on the bf16 path: {pipe.fuse_batchnorm}"
+        f"{pipe.segmentation_numerics().bf16}); batch norms folded on the bf16 path: {pipe.fuse_batchnorm}"
     )
     print(f"image: {Path(args.image).name}; repeats per K: {args.repeats}")
     rss_loaded = _rss_mb()
@@ -247,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         results["bf16_k100"] = bf16
     other_seg = None
     # the same pipeline with the segmentation in the other arithmetic, so one run shows what each costs
-    other_arithmetic = "fp32" if pipe._segmentation_uses_bf16() else "bf16"
+    other_arithmetic = "fp32" if pipe.segmentation_numerics().bf16 else "bf16"
     if not args.no_other_segmentation and not args.quick:
         pipe_other = CXRPipeline(
             seg,
@@ -260,20 +259,6 @@ def main(argv: list[str] | None = None) -> int:
         pipe_other(args.image, k=10, seed=0)
         other_seg = time_pipeline(pipe_other, Path(args.image), 100, args.repeats)
         results["other_segmentation_k100"] = {"segmentation_arithmetic": other_arithmetic, **other_seg}
-    dense: dict[int, dict[str, float]] = {}
-    if not args.no_dense:
-        pipe_dense = CXRPipeline(
-            seg,
-            copy.deepcopy(baseline_model),
-            chunk_size=args.chunk_size,
-            precision="auto" if args.precision == "int8" else args.precision,  # int8 is for exact voting only
-            segmentation_precision=args.segmentation_precision,
-            voting="dense",
-            reuse_patches=False,
-        )
-        pipe_dense(args.image, k=10, seed=0)
-        dense = {k: time_pipeline(pipe_dense, Path(args.image), k, args.repeats) for k in ks}
-        results["dense"] = dense
     load_end = os.getloadavg()
     results["loadavg"] = {"start": load_start, "end": load_end}
 
@@ -333,22 +318,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{other_seg['total']:.0f} ms; whole pipeline {vs_a:.2f}x faster than (a), {vs_b:.2f}x than (b) "
             "(baselines with the same segmentation)"
         )
-    if dense:
-        results["dense_summary"] = {}
-        print()
-        print("opt-in dense voting (voting='dense'; one whole-frame pass, patches read from the feature map):")
-        print("| K | segment | classify (dense pass + windows) | saliency | total | whole pipeline vs (a) / (b) |")
-        print("|---|---|---|---|---|---|")
-        for k in ks:
-            t = dense[k]
-            fixed_d = t["total"] - t["classify"] - t["saliency"]
-            vs_a = (fixed_d + results["a"][k]) / t["total"]
-            vs_b = (fixed_d + results["b"][k]) / t["total"]
-            results["dense_summary"][k] = {"whole_vs_a": vs_a, "whole_vs_b": vs_b}
-            print(
-                f"| {k} | {t['segment']:.0f} | {t['classify']:.0f} | {t['saliency']:.0f} | {t['total']:.0f} "
-                f"| {vs_a:.1f}x / {vs_b:.1f}x |"
-            )
     print(f"load average at end (1/5/15 min): {load_end[0]:.2f} / {load_end[1]:.2f} / {load_end[2]:.2f}")
 
     k_ref = 100 if 100 in ks else ks[0]

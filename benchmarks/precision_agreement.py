@@ -22,7 +22,7 @@ With ``--segmentation-bf16`` the comparison is end to end instead: the whole pip
 classifier, models as loaded) against the fast path (bf16 segmentation, bf16 classifier with folded batch norms), each
 with its own ``prepare``. A slightly different lung mask moves every patch, so patch-level differences mean nothing
 there; the rule is checked on the image label and the image-level mean probabilities, and the records add the lung
-and heart Dice between the two label maps, |ΔCTR| and both segmentation times. ``cxr_hub.pipeline.
+and heart Dice between the two label maps, |ΔCTR| and both segmentation times. ``cxr_hub.runtime.numerics.
 SEGMENTATION_BF16_VALIDATED`` may be set only after this passes.
 
 Usage::
@@ -36,9 +36,9 @@ With ``--global-classifier`` the global classifier's label and image probabiliti
 fields), under the same rule but reported apart: it sees the whole masked image, so it reacts to the mask's outline
 differently from the patch vote.
 
-With ``--fast int8`` the faster arithmetic is the int8 backbone (:mod:`cxr_hub.quantization`; the classifiers'
+With ``--fast int8`` the faster arithmetic is the int8 backbone (:mod:`cxr_hub.runtime.int8`; the classifiers'
 configs must carry a calibration, ``python -m training.calibrate_int8``) instead of bf16, in both modes; the same
-rule decides ``cxr_hub.quantization.INT8_VALIDATED`` (same patches) and ``cxr_hub.pipeline.
+rule decides ``cxr_hub.runtime.int8.INT8_VALIDATED`` (same patches) and ``cxr_hub.runtime.numerics.
 INT8_WITH_BF16_SEGMENTATION_VALIDATED`` (end to end with bf16 segmentation).
 """
 

@@ -1,17 +1,13 @@
-"""What this CPU can do, read once: the flags behind the pipeline's "auto" arithmetic (bf16, int8)."""
+"""Deprecated: moved to :mod:`cxr_hub.runtime.hardware`."""
 
-from __future__ import annotations
+import warnings
 
-import functools
-from pathlib import Path
+from .runtime.hardware import cpuinfo
 
 __all__ = ["cpuinfo"]
 
-
-@functools.cache
-def cpuinfo() -> str:
-    """The text of ``/proc/cpuinfo`` (Linux), read once per process; "" where it does not exist or cannot be read."""
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
+warnings.warn(
+    "cxr_hub.hardware moved to cxr_hub.runtime.hardware; the old path goes away in a later release.",
+    DeprecationWarning,
+    stacklevel=2,
+)

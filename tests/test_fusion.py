@@ -1,4 +1,4 @@
-"""Batch-norm folding (cxr_hub.fusion) and the pipeline's fast path that uses it."""
+"""Batch-norm folding (cxr_hub.runtime.fusion) and the pipeline's fast path that uses it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from test_pipeline import PatternSegmenter, _classifier, chest_labels
 from torch import nn
 
 from cxr_hub import CXRPipeline, PatchClassifierConfig, PatchClassifierForImageClassification
-from cxr_hub.fusion import conv_bn_pairs, fold_batchnorm
+from cxr_hub.runtime.fusion import conv_bn_pairs, fold_batchnorm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -97,16 +97,20 @@ def test_the_bf16_path_uses_the_folded_copy(tiny_fcdensenet_config, tiny_classif
     image = synthetic_cxr(np.random.default_rng(0), 200, 180)
     pipe = _pipe(tiny_fcdensenet_config, classifier, precision="bf16")
     fast = pipe(image, k=8, seed=0)
-    folded, bf16 = pipe._runtime_model(pipe.classifier_model, tiny_classifier_config.input_size)
-    assert folded is not pipe.classifier_model and bf16
+    folded, numerics = pipe.numerics_policy.network(pipe.classifier_model, tiny_classifier_config.input_size)
+    assert folded is not pipe.classifier_model and numerics.bf16
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
-    assert pipe._runtime_model(pipe.classifier_model, tiny_classifier_config.input_size)[0] is folded  # built once
+    built_once = pipe.numerics_policy.network(pipe.classifier_model, tiny_classifier_config.input_size)[0]
+    assert built_once is folded
     plain = _pipe(tiny_fcdensenet_config, classifier, precision="bf16", fuse_batchnorm=False)(image, k=8, seed=0)
     # same patches, bf16 rounding apart
     np.testing.assert_allclose(fast.patch_probabilities, plain.patch_probabilities, atol=0.05)
     np.testing.assert_array_equal(fast.patch_boxes_1024, plain.patch_boxes_1024)
     pipe.precision = "fp32"
-    assert pipe._runtime_model(pipe.classifier_model, 64) == (pipe.classifier_model, False)
+    model, numerics = pipe.numerics_policy.network(pipe.classifier_model, 64)
+    assert model is pipe.classifier_model and numerics.arithmetic == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        pipe.precision = "fp16"
 
 
 def test_segmentation_precision_is_checked_and_applied(tiny_fcdensenet_config, tiny_classifier_config):
@@ -135,12 +139,12 @@ def test_auto_segmentation_precision_follows_the_validation(
     tiny_fcdensenet_config, tiny_classifier_config, monkeypatch, native_bf16
 ):
     """ "auto" segmentation is bf16 only where the classifier's "auto" is, and only with the stable sampler."""
-    import cxr_hub.pipeline as pipeline_module
+    import cxr_hub.runtime.numerics as numerics_module
 
-    monkeypatch.setattr(pipeline_module, "cpu_has_bf16", lambda: native_bf16)
+    monkeypatch.setattr(numerics_module, "cpu_has_bf16", lambda: native_bf16)
     classifier = _classifier(tiny_classifier_config)
     seg = PatternSegmenter(tiny_fcdensenet_config, chest_labels)
-    expected = "bf16" if native_bf16 and pipeline_module.SEGMENTATION_BF16_VALIDATED else "fp32"
+    expected = "bf16" if native_bf16 and numerics_module.SEGMENTATION_BF16_VALIDATED else "fp32"
     assert CXRPipeline(seg, classifier, device="cpu").settings()["segmentation_arithmetic"] == expected
     for sampling in ("joint", "independent"):
         settings = CXRPipeline(seg, classifier, device="cpu", sampling=sampling).settings()

@@ -257,7 +257,7 @@ def test_empty_saliency_selection_computes_no_maps(
     tiny_fcdensenet_config, classifier, global_classifier, image, monkeypatch
 ):
     """saliency_classes=[] or "": no saliency at all (no Grad-CAM computed, patch or global), the same vote."""
-    import cxr_hub.pipeline as pipeline_module
+    import cxr_hub.pipeline.analyze as analyze_module
 
     seg = PatternSegmenter(tiny_fcdensenet_config, chest_labels)
     # chunks of 3: the first 6 of the 7 patches go into the patch cache
@@ -269,7 +269,7 @@ def test_empty_saliency_selection_computes_no_maps(
     def no_gradcam(*args, **kwargs):
         raise AssertionError("a Grad-CAM map was computed although no saliency class was asked for")
 
-    monkeypatch.setattr(pipeline_module, "gradcam_from_features", no_gradcam)
+    monkeypatch.setattr(analyze_module, "gradcam_from_features", no_gradcam)
     for empty in ([], (), "", " , "):
         r = pipe.analyze(prepared, k=7, seed=2, saliency_classes=empty)
         assert r.saliency == {} and r.saliency_in_lung == {} and r.global_saliency == {}

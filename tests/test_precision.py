@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO_ROOT, synthetic_cxr
 from test_pipeline import PatternSegmenter, _classifier, chest_labels
 
-import cxr_hub.pipeline as pipeline_module
+import cxr_hub.runtime.numerics as numerics_module
 from cxr_hub import CXRPipeline
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -17,13 +17,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_follows_the_cpu(monkeypatch, tiny_fcdensenet_config, tiny_classifier_config, native):
-    monkeypatch.setattr(pipeline_module, "cpu_has_bf16", lambda: native)
+    monkeypatch.setattr(numerics_module, "cpu_has_bf16", lambda: native)
     seg = PatternSegmenter(tiny_fcdensenet_config, chest_labels)
     pipe = CXRPipeline(seg, _classifier(tiny_classifier_config), device="cpu")
-    assert pipe._runtime_model(pipe.classifier_model, 32)[1] is native
+    assert pipe.numerics_policy.network(pipe.classifier_model, 32)[1].bf16 is native
     assert pipe.settings()["classifier_arithmetic"] == ("bf16" if native else "fp32")
     fp32 = CXRPipeline(seg, _classifier(tiny_classifier_config), device="cpu", precision="fp32")
-    assert fp32._runtime_model(fp32.classifier_model, 32)[1] is False
+    assert fp32.numerics_policy.network(fp32.classifier_model, 32)[1].bf16 is False
+    assert fp32.settings()["arithmetic_reasons"]["classifier"] == "fp32 requested"
     assert fp32.settings()["classifier_arithmetic"] == "fp32"
     image = synthetic_cxr(np.random.default_rng(0), 200, 180)
     a, b = pipe(image, k=12, seed=1), fp32(image, k=12, seed=1)
@@ -60,7 +61,7 @@ def test_bf16_agrees_with_fp32_on_real_films(cxr_data):
 def test_int8_agrees_with_fp32_on_real_films(cxr_data):
     """The rule for the int8 classifier, re-checked on 6 test-split films with the same patches (the full check: 100
     films, ``benchmarks/precision_agreement.py --fast int8``)."""
-    from cxr_hub.quantization import int8_available
+    from cxr_hub.runtime.hardware import int8_available
 
     if not int8_available():
         pytest.skip("this PyTorch build has no x86 quantised engine")

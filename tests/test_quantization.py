@@ -12,14 +12,14 @@ import torch
 from conftest import REPO_ROOT, synthetic_cxr
 from test_pipeline import PatternSegmenter, _classifier, chest_labels
 
-import cxr_hub.pipeline as pipeline_module
+import cxr_hub.runtime.numerics as numerics_module
 from cxr_hub import CXRPipeline, PatchClassifierForImageClassification
-from cxr_hub.quantization import (
+from cxr_hub.runtime.hardware import int8_available
+from cxr_hub.runtime.int8 import (
     Int8CalibrationError,
     _prepared,
     _torch_ao_deprecations_handled,
     calibrate_int8,
-    int8_available,
     quantize_int8,
 )
 
@@ -148,8 +148,6 @@ def test_explicit_int8_fails_at_load_with_a_remedy(tiny_fcdensenet_config, tiny_
     seg = _seg(tiny_fcdensenet_config)
     with pytest.raises(Int8CalibrationError, match=r"training\.calibrate_int8"):
         CXRPipeline(seg, _classifier(tiny_classifier_config), device="cpu", precision="int8")
-    with pytest.raises(ValueError, match="exact patch voting"):
-        CXRPipeline(seg, calibrated, device="cpu", precision="int8", voting="dense")
     with pytest.raises(ValueError, match="precision must be one of"):
         CXRPipeline(seg, calibrated, device="cpu", precision="int4")
     with pytest.raises(ValueError, match="segmentation_precision must be one of"):
@@ -160,9 +158,9 @@ def test_explicit_int8_fails_at_load_with_a_remedy(tiny_fcdensenet_config, tiny_
 def test_auto_uses_int8_only_where_validated_supported_and_calibrated(
     monkeypatch, tiny_fcdensenet_config, tiny_classifier_config, calibrated, validated, has_int8
 ):
-    monkeypatch.setattr(pipeline_module, "INT8_VALIDATED", validated)
-    monkeypatch.setattr(pipeline_module, "cpu_has_int8", lambda: has_int8)
-    monkeypatch.setattr(pipeline_module, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(numerics_module, "INT8_VALIDATED", validated)
+    monkeypatch.setattr(numerics_module, "cpu_has_int8", lambda: has_int8)
+    monkeypatch.setattr(numerics_module, "cpu_has_bf16", lambda: False)
     seg = _seg(tiny_fcdensenet_config)
     auto = CXRPipeline(seg, calibrated, device="cpu")
     assert auto.settings()["classifier_arithmetic"] == ("int8" if validated and has_int8 else "fp32")
@@ -170,20 +168,22 @@ def test_auto_uses_int8_only_where_validated_supported_and_calibrated(
     assert uncalibrated.settings()["classifier_arithmetic"] == "fp32"
     if validated and has_int8:
         assert "no int8 calibration" in uncalibrated.settings()["int8_unavailable"]["classifier"]
-        # dense voting keeps the arithmetic its agreement was measured in
-        dense = CXRPipeline(seg, calibrated, device="cpu", voting="dense")
-        assert dense._runtime_model(calibrated, 64, dense=True)[0] is calibrated
+        assert auto.settings()["arithmetic_reasons"]["classifier"] == "auto: validated int8"
+    else:
+        assert auto.settings()["arithmetic_reasons"]["classifier"] == "auto: no native bf16 on this cpu"
 
 
 def test_segmentation_auto_bf16_waits_for_the_int8_end_to_end_check(monkeypatch, tiny_fcdensenet_config, calibrated):
-    monkeypatch.setattr(pipeline_module, "INT8_VALIDATED", True)
-    monkeypatch.setattr(pipeline_module, "cpu_has_int8", lambda: True)
-    monkeypatch.setattr(pipeline_module, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(numerics_module, "INT8_VALIDATED", True)
+    monkeypatch.setattr(numerics_module, "cpu_has_int8", lambda: True)
+    monkeypatch.setattr(numerics_module, "cpu_has_bf16", lambda: True)
     for checked in (False, True):
-        monkeypatch.setattr(pipeline_module, "INT8_WITH_BF16_SEGMENTATION_VALIDATED", checked)
+        monkeypatch.setattr(numerics_module, "INT8_WITH_BF16_SEGMENTATION_VALIDATED", checked)
         settings = CXRPipeline(_seg(tiny_fcdensenet_config), calibrated, device="cpu").settings()
         assert settings["classifier_arithmetic"] == "int8"
         assert settings["segmentation_arithmetic"] == ("bf16" if checked else "fp32")
+        reason = settings["arithmetic_reasons"]["segmentation"]
+        assert ("int8" in reason) is not checked, reason
 
 
 def test_shipped_calibrations_match_this_torch():

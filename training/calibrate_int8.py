@@ -1,7 +1,7 @@
 """Calibrate a trained classifier for int8 inference on x86 CPUs, and store the calibration in its config.
 
 Static int8 quantisation needs every activation's range, measured once on real inputs
-(:func:`cxr_hub.quantization.calibrate_int8`). This script feeds the classifier what it sees at inference, from
+(:func:`cxr_hub.runtime.int8.calibrate_int8`). This script feeds the classifier what it sees at inference, from
 **training-split** films only (the test split stays unseen):
 
 * a patch classifier: ``--patches`` patches of each of ``--films`` films, drawn by the pipeline's own sampler from the
@@ -11,7 +11,7 @@ Static int8 quantisation needs every activation's range, measured once on real i
 The calibration (a few dozen scales and zero points) is written into the model folder's ``config.json`` as
 ``int8_calibration`` with ``save_pretrained``: the weights are not touched, and loading stays pickle-free. The
 pipeline's "auto" precision then runs that classifier in int8 on CPUs with int8 dot products
-(:func:`cxr_hub.quantization.cpu_has_int8`).
+(:func:`cxr_hub.runtime.hardware.cpu_has_int8`).
 
 Usage:
     python -m training.calibrate_int8 --classifier models/cxr-patch-resnet18 [--films 24 --patches 32 --seed 1]
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry; 0 on success."""
     from cxr_hub.loading import load_model
     from cxr_hub.pipeline import CXRPipeline
-    from cxr_hub.quantization import calibrate_int8
+    from cxr_hub.runtime.int8 import calibrate_int8
 
     args = parse_args(argv)
     model = load_model(args.classifier)

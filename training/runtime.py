@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cxr_hub.pipeline import cpu_has_bf16
+from cxr_hub.runtime.hardware import cpu_has_bf16
 
 STATE_FILE = "training_state.pt"
 AMP_CHOICES = ("auto", "bf16", "fp16", "none")

@@ -42,7 +42,7 @@ class PatchClassifierConfig(PretrainedConfig):
         lung_masked: the network was trained on lung-masked frames (gray level 0 outside the lungs), as in the paper.
             False (the mask ablation): it sees the whole preprocessed frame; patch centres still lie in the lungs.
         int8_calibration: activation scales and zero points for running the backbone in int8 on x86 CPUs, measured
-            on training films (``cxr_hub.quantization.calibrate_int8``; ``python -m training.calibrate_int8``).
+            on training films (``cxr_hub.runtime.int8.calibrate_int8``; ``python -m training.calibrate_int8``).
             None: no int8 path (the pipeline's "auto" precision then uses bf16 or fp32).
     """
 
