@@ -101,9 +101,11 @@ def baseline_ms(
     Returns:
         ``(ms, patches_measured)``.
     """
+    from baselines import reference_gradcam
+
     from cxr_hub.patches import crop_patches, sample_patch_boxes
     from cxr_hub.preprocessing import resize_image
-    from cxr_hub.saliency import probabilistic_gradcam, reference_gradcam
+    from cxr_hub.saliency import probabilistic_gradcam
 
     cfg = pipe.classifier_config
     _, boxes = sample_patch_boxes(prepared.frame_mask, k, cfg.patch_size, np.random.default_rng(0))
@@ -127,7 +129,7 @@ def baseline_ms(
 
 def reference_gradcam_warmup(pipe: Any, model: torch.nn.Module, chunk: int) -> None:
     """One untimed autograd pass per batch shape, so oneDNN's kernel setup is not billed to the baselines."""
-    from cxr_hub.saliency import reference_gradcam
+    from baselines import reference_gradcam
 
     side = pipe.classifier_config.input_size
     for b in (1, chunk):

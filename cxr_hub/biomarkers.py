@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from .models import SEGMENTATION_IDS
+
 # label values of cxr_hub.SEGMENTATION_LABELS
-HEART = 1
-LEFT_LUNG = 2
-RIGHT_LUNG = 3
+HEART, LEFT_LUNG, RIGHT_LUNG = SEGMENTATION_IDS["heart"], SEGMENTATION_IDS["left_lung"], SEGMENTATION_IDS["right_lung"]
 
 #: The biomarkers compared between classes (the paper's section III-B and Fig. 4): :class:`Biomarkers` field →
 #: (title for tables and plots, decimals to report). Intensities are gray levels of the preprocessed image, in

@@ -22,12 +22,16 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy import ndimage
 
+from .models import SEGMENTATION_IDS
+
 __all__ = ["POSTPROCESSING", "CleanupReport", "clean_label_map", "uses_postprocessing"]
 
 #: The value of ``config.postprocessing`` that asks for :func:`clean_label_map`.
 POSTPROCESSING = "clean_label_map"
 
-BACKGROUND, HEART, LEFT_LUNG, RIGHT_LUNG = 0, 1, 2, 3
+BACKGROUND, HEART, LEFT_LUNG, RIGHT_LUNG = (
+    SEGMENTATION_IDS[n] for n in ("background", "heart", "left_lung", "right_lung")
+)
 _EIGHT = np.ones((3, 3), bool)
 
 

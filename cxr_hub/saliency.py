@@ -8,7 +8,8 @@ channel weights (the spatial mean of that gradient) are ``W[c, f] / (h * w)`` an
     cam_c = ReLU(sum_f W[c, f] * A[f]) / (h * w)
 
 follows from the forward pass's features alone. Dropout is the identity in eval mode, where saliency is computed.
-:func:`reference_gradcam` is the textbook hooks-and-backward version, kept for the tests and the benchmark baselines.
+The textbook hooks-and-backward version, the tests' oracle and the speed benchmark's baseline, is
+``benchmarks/baselines.py``'s ``reference_gradcam``.
 
 Eq. (5): each patch's (per-patch normalised) Grad-CAM map, upsampled to the patch's crop size, is multiplied by the
 patch's softmax probability of the class, pasted at its location in the frame, summed over patches and divided per
@@ -22,21 +23,20 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 __all__ = [
+    "class_indices",
     "gradcam_from_features",
     "normalize_cams",
     "patch_coverage",
     "probabilistic_gradcam",
-    "reference_gradcam",
 ]
 
 _PASTE_CHUNK = 64
 
 
-def _class_list(class_idx: int | Sequence[int] | torch.Tensor) -> tuple[list[int], bool]:
-    """Class indices as a list, plus whether a single int was given (then the class axis is dropped)."""
+def class_indices(class_idx: int | Sequence[int] | torch.Tensor) -> tuple[list[int], bool]:
+    """Class indices as a list, plus whether a single int was given (then the class axis of the maps is dropped)."""
     if isinstance(class_idx, torch.Tensor):
         class_idx = class_idx.tolist()
     if isinstance(class_idx, (int, np.integer)):
@@ -78,7 +78,7 @@ def gradcam_from_features(
         (K, h, w) maps for an int ``class_idx``, else (K, n, h, w); non-negative, in [0, 1] when normalised.
         Dtype of ``features`` promoted with ``fc_weight``; device of ``features``.
     """
-    classes, single = _class_list(class_idx)
+    classes, single = class_indices(class_idx)
     if features.ndim != 4:
         raise ValueError(f"features must be (K, F, h, w), got shape {tuple(features.shape)}.")
     if fc_weight.ndim != 2 or fc_weight.shape[1] != features.shape[1]:
@@ -87,75 +87,6 @@ def gradcam_from_features(
     w = fc_weight.detach().to(device=features.device, dtype=dtype)[classes]
     h, wd = features.shape[-2:]
     cams = torch.relu(torch.einsum("cf,kfhw->kchw", w, features.to(dtype)) / (h * wd))
-    if normalize:
-        cams = normalize_cams(cams)
-    return cams[:, 0] if single else cams
-
-
-def _default_target_layer(model: nn.Module) -> nn.Module | None:
-    backbone = getattr(model, "backbone", None)
-    return getattr(backbone, "layer4", None)
-
-
-def reference_gradcam(
-    model: nn.Module,
-    pixel_values: torch.Tensor,
-    class_idx: int | Sequence[int] | torch.Tensor,
-    normalize: bool = True,
-    target_layer: nn.Module | None = None,
-) -> torch.Tensor:
-    """Textbook Grad-CAM (Selvaraju et al. 2017): forward hook, gradient hook, a full backward pass per class.
-
-    The slow reference, written the way common Grad-CAM implementations (and the authors' code) work: a forward pass
-    with autograd, the activations of ``target_layer`` captured by a forward hook and their gradient by a tensor
-    hook, then ``backward()`` of the summed class logit through the whole network (parameter gradients included).
-    Used by the tests (to check :func:`gradcam_from_features`) and by the benchmark's baselines. The parameters'
-    ``.grad`` are reset to None afterwards.
-
-    Args:
-        model: a classifier in eval mode whose call returns an object with ``logits`` (B, C), e.g.
-            ``PatchClassifierForImageClassification``.
-        pixel_values: (B, C_in, S, S) normalised input (one patch or a batch).
-        class_idx: one class index, or a sequence of n indices.
-        normalize: per-map max normalisation as in :func:`gradcam_from_features`.
-        target_layer: module whose output is the last convolutional stage; defaults to ``model.backbone.layer4``
-            (timm ResNet), else the output of ``model.forward_features`` is used.
-
-    Returns:
-        (B, h, w) maps for an int ``class_idx``, else (B, n, h, w), detached, dtype of the model's activations.
-    """
-    classes, single = _class_list(class_idx)
-    layer = target_layer if target_layer is not None else _default_target_layer(model)
-    acts: list[torch.Tensor] = []
-    grads: list[torch.Tensor] = []
-
-    def keep(tensor: torch.Tensor) -> None:
-        acts.append(tensor)
-        tensor.register_hook(grads.append)
-
-    maps = []
-    with torch.enable_grad():
-        x = pixel_values.detach()
-        if layer is not None:
-            handle = layer.register_forward_hook(lambda _m, _i, out: keep(out))
-            try:
-                logits = model(x).logits
-            finally:
-                handle.remove()
-        else:
-            features = model.forward_features(x)
-            keep(features)
-            logits = model.forward_head(features)
-        try:
-            for n, c in enumerate(classes):
-                grads.clear()
-                model.zero_grad(set_to_none=True)
-                logits[:, c].sum().backward(retain_graph=n < len(classes) - 1)
-                alpha = grads[-1].mean(dim=(2, 3), keepdim=True)
-                maps.append(torch.relu((alpha * acts[-1]).sum(dim=1)).detach())
-        finally:
-            model.zero_grad(set_to_none=True)
-    cams = torch.stack(maps, dim=1)
     if normalize:
         cams = normalize_cams(cams)
     return cams[:, 0] if single else cams

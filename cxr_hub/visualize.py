@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .models import SEGMENTATION_IDS, SEGMENTATION_LABELS
 from .preprocessing import map_boxes, resize_image, resize_label_map
 
 if TYPE_CHECKING:
@@ -41,9 +42,13 @@ __all__ = [
 #: Overlay PNGs are drawn at most this many pixels on the longer side (the JSON keeps original-pixel boxes).
 OVERLAY_MAX_SIDE = 1024
 #: label → RGB for the segmentation overlay: heart red, left lung green, right lung blue.
-LABEL_COLOURS: dict[int, tuple[int, int, int]] = {1: (230, 60, 60), 2: (60, 200, 90), 3: (70, 130, 240)}
+LABEL_COLOURS: dict[int, tuple[int, int, int]] = {
+    SEGMENTATION_IDS["heart"]: (230, 60, 60),
+    SEGMENTATION_IDS["left_lung"]: (60, 200, 90),
+    SEGMENTATION_IDS["right_lung"]: (70, 130, 240),
+}
 #: label → name as shown in legends (the patient's left lung is on the image's right in a PA film).
-LABEL_NAMES: dict[int, str] = {1: "heart", 2: "left lung", 3: "right lung"}
+LABEL_NAMES: dict[int, str] = {value: name.replace("_", " ") for value, name in SEGMENTATION_LABELS.items() if value}
 #: colour of the sampled patch boxes.
 BOX_COLOUR: tuple[int, int, int] = (255, 220, 0)
 

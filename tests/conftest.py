@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# benchmarks/ holds the slow reference implementations the tests check against (baselines.reference_gradcam)
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 
 def data_root() -> Path:

@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from baselines import reference_gradcam  # benchmarks/ (on the path through conftest): the textbook oracle
 
 from cxr_hub import PatchClassifierConfig, PatchClassifierForImageClassification
 from cxr_hub.saliency import (
+    class_indices,
     gradcam_from_features,
     normalize_cams,
     patch_coverage,
     probabilistic_gradcam,
-    reference_gradcam,
 )
 
 
@@ -147,3 +148,10 @@ def test_no_class_gives_no_maps():
     assert out.shape == (0, 10, 8) and out.dtype == np.float32
     features = torch.rand(2, 5, 3, 3)
     assert gradcam_from_features(features, torch.rand(4, 5), []).shape == (2, 0, 3, 3)
+
+
+def test_class_indices_accepts_ints_sequences_and_tensors():
+    assert class_indices(2) == ([2], True)
+    assert class_indices(np.int64(1)) == ([1], True)
+    assert class_indices([0, 3]) == ([0, 3], False)
+    assert class_indices(torch.tensor([1, 2])) == ([1, 2], False)

@@ -10,7 +10,12 @@ import torch
 from conftest import write_synthetic_manifest
 
 import cxr_hub.patches
-from cxr_hub import CXRPipeline, FCDenseNetForSemanticSegmentation, PatchClassifierForImageClassification
+from cxr_hub import (
+    CXRPipeline,
+    FCDenseNetForSemanticSegmentation,
+    PatchClassifierForImageClassification,
+    image_processor_for,
+)
 from cxr_hub.manifest import read_manifest
 from training import train_classifier as tc
 from training.classifier_data import (
@@ -20,7 +25,6 @@ from training.classifier_data import (
     load_cached_data,
     load_pack,
     masked_frame,
-    normalise,
     read_cached,
     require_segmentation,
     write_cached,
@@ -314,7 +318,7 @@ def test_cached_frames_equal_the_pipeline_frames(tmp_path, tiny_fcdensenet_confi
         prepared = pipe.prepare(row.image)
         frame, mask = read_cached(result.folder, row.id)
         np.testing.assert_array_equal(mask, prepared.frame_mask)  # exactly the pipeline's mask
-        train_input = normalise(masked_frame(frame, mask).astype(np.float32), cfg.image_mean, cfg.image_std)
+        train_input = image_processor_for(cfg).normalize(masked_frame(frame, mask).astype(np.float32))
         # uint8 rounding: at most half a gray level
         np.testing.assert_allclose(train_input, prepared.frame, atol=0.5 / 255 / cfg.image_std + 1e-5)
     data, missing = load_cached_data(rows[:3], "label4", result.folder)

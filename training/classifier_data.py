@@ -135,11 +135,6 @@ def masked_frame(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(mask, frame, 0).astype(np.uint8)
 
 
-def normalise(gray: Any, mean: float, std: float) -> Any:
-    """(x / 255 - mean) / std: the pipeline's normalisation of a masked [0, 255] frame (numpy or torch)."""
-    return (gray / 255.0 - mean) / std
-
-
 def global_frames(data: ClassifierData, size: int, lung_mask: bool = True) -> np.ndarray:
     """The global classifier's inputs: whole masked frames resized to ``size`` (area averaging), float32 [0, 255].
 
@@ -329,17 +324,6 @@ class CacheResult:
     meta: dict[str, Any]
 
 
-def _classifier_stub(image_size: int, do_equalize: bool, gamma: float | None) -> Any:
-    """A classifier carrying only the preprocessing config, so ``CXRPipeline`` builds the classifier frame."""
-    from cxr_hub import PatchClassifierConfig, PatchClassifierForImageClassification
-
-    patch = min(224, int(image_size))
-    config = PatchClassifierConfig(
-        image_size=image_size, patch_size=patch, input_size=patch, do_equalize=do_equalize, gamma=gamma
-    )
-    return PatchClassifierForImageClassification(config)
-
-
 def build_cache(
     rows: Sequence[ManifestRow],
     segmentation: str | Path,
@@ -390,6 +374,7 @@ def build_cache(
     todo = [r for r in rows if r.id not in known_failures and not (folder / f"{safe_name(r.id)}.npz").is_file()]
     failures = {r.id: known_failures[r.id] for r in rows if r.id in known_failures}
     if todo:
+        from cxr_hub import PatchClassifierConfig
         from cxr_hub.evaluation import load_segmentation_model
         from cxr_hub.io import CXRInputError
         from cxr_hub.pipeline import CXRPipeline
@@ -398,12 +383,13 @@ def build_cache(
         # fp32 whatever the pipeline's default: the cached masks are the training data of the shipped models. No input
         # check: these are curated frontal films, and the check guards uploads; a training set must not depend on
         # its calibration (it refuses a few extreme real films, e.g. a white-out ICU film)
+        patch = min(224, int(image_size))  # any valid patch size: only the frame is used
+        frame = PatchClassifierConfig(
+            image_size=image_size, patch_size=patch, input_size=patch, do_equalize=do_equalize, gamma=gamma
+        )
+        # segmentation-only mode: the frame follows ``frame`` and no classifier network is built for nothing
         pipe = CXRPipeline(
-            seg,
-            _classifier_stub(image_size, do_equalize, gamma),
-            device=seg.device,
-            segmentation_precision="fp32",
-            check_input=False,
+            seg, None, device=seg.device, segmentation_precision="fp32", check_input=False, frame_config=frame
         )
         for row in tqdm(todo, desc=f"lung masks + {image_size}px frames", unit="img", disable=not progress):
             try:

@@ -36,10 +36,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cxr_hub import PatchClassifierForImageClassification, patches
+from cxr_hub import PatchClassifierForImageClassification, image_processor_for, patches
 from cxr_hub.classification import classification_report, json_ready
 from cxr_hub.stats import compare_classes, normality_markdown, pairwise_markdown, summary_markdown
-from training.classifier_data import ClassifierData, load_task_splits, normalise
+from training.classifier_data import ClassifierData, load_task_splits
 from training.runtime import autocast_dtype
 
 DEFAULT_KS = (1, 5, 10, 25, 50, 100, 200)
@@ -70,6 +70,7 @@ def patch_probabilities(
         produces: every centre is a lung pixel).
     """
     cfg = model.config
+    processor = image_processor_for(cfg)
     device = next(model.parameters()).device
     n, c = len(data), cfg.num_labels
     probs = np.zeros((n, k, c), np.float32)
@@ -77,7 +78,9 @@ def patch_probabilities(
     sds = np.full((n, k), np.nan, np.float32)
     model.eval()
     for i in tqdm(range(n), desc="patches", unit="img"):
-        _, boxes = patches.sample_patch_boxes(data.masks[i], k, cfg.patch_size, np.random.default_rng(seed))
+        # centres where the pipeline draws them for this classifier (deeper than its centre margin, if any)
+        region = patches.patch_center_region(data.masks[i], cfg.center_margin_pixels())
+        _, boxes = patches.sample_patch_boxes(region, k, cfg.patch_size, np.random.default_rng(seed))
         frame = torch.from_numpy(data.frames[i]).to(device)
         for j, (x0, y0, x1, y1) in enumerate(boxes):
             lung = data.masks[i, y0:y1, x0:x1]
@@ -87,7 +90,7 @@ def patch_probabilities(
         with torch.inference_mode():
             for start in range(0, k, chunk):
                 x01 = patches.crop_patches(frame, boxes[start : start + chunk], cfg.input_size) / 255.0
-                x = normalise(x01 * 255.0, cfg.image_mean, cfg.image_std).contiguous(memory_format=torch.channels_last)
+                x = processor.normalize(x01 * 255.0).contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                     logits = model(x).logits.float()
                 probs[i, start : start + len(x)] = torch.softmax(logits, -1).cpu().numpy()

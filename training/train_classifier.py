@@ -83,7 +83,8 @@ from tqdm import tqdm
 
 from cxr_hub import PatchClassifierConfig, PatchClassifierForImageClassification, patches
 from cxr_hub.classification import accuracy_by_group, classification_report
-from cxr_hub.models import LABEL_SETS, MODES
+from cxr_hub.models import LABEL_SETS, MODES, CXRImageProcessor
+from cxr_hub.presets import SHIPPED, repo_relative_folder
 from training.augment import AugmentConfig, photometric
 from training.classifier_data import (
     DEFAULT_SEGMENTATION,
@@ -92,17 +93,15 @@ from training.classifier_data import (
     fraction_subset,
     global_frames,
     hold_out_source_normals,
-    normalise,
 )
 from training.config import parse_dataclass_config
 from training.runtime import autocast_dtype, out_of_budget, restore_training, save_training_state
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-#: Default export folder per (task, mode).
+#: Default export folder per (task, mode): the shipped model of that role (cxr_hub.presets.SHIPPED); a label3 global
+#: model does not ship, so it gets a folder of its own beside the others.
 DEFAULT_OUT: dict[tuple[str, str], str] = {
-    ("label4", "patch"): "models/cxr-patch-resnet18",
-    ("label4", "global"): "models/cxr-global-resnet18",
-    ("label3", "patch"): "models/cxr-patch-resnet18-covidx",
+    **{(m.label_set, m.role): repo_relative_folder(key) for key, m in SHIPPED.items() if m.label_set is not None},
     ("label3", "global"): "models/cxr-global-resnet18-covidx",
 }
 PRETRAINED = ("none", "imagenet")
@@ -371,6 +370,8 @@ class InputMaker:
         self.masks: torch.Tensor | None = None  # the lung masks on the device, once scanner_augment asks for them
         self.margin = round(config.patch_center_margin * config.patch_size)
         self.regions: dict[int, np.ndarray] = {}  # where patch centres may lie, per image (margin > 0 only)
+        # the pipeline's normalisation (the processor the exported model ships with computes the same)
+        self.processor = CXRImageProcessor(image_mean=config.image_mean, image_std=config.image_std)
         if config.mode == "patch":
             if data.image_size != config.image_size:
                 raise ValueError(f"Frames are {data.image_size} px but config.image_size is {config.image_size}.")
@@ -405,7 +406,7 @@ class InputMaker:
 
     def finish(self, x01: torch.Tensor) -> torch.Tensor:
         """[0, 1] gray levels → normalised input in channels_last."""
-        x = normalise(x01 * 255.0, self.config.image_mean, self.config.image_std)
+        x = self.processor.normalize(x01 * 255.0)
         return x.contiguous(memory_format=torch.channels_last)
 
 

@@ -14,7 +14,7 @@ from transformers import (
     AutoModelForSemanticSegmentation,
 )
 
-from .configuration_fcdensenet import FCDENSENET_PRESETS, SEGMENTATION_LABELS, FCDenseNetConfig
+from .configuration_fcdensenet import FCDENSENET_PRESETS, SEGMENTATION_IDS, SEGMENTATION_LABELS, FCDenseNetConfig
 from .configuration_patch_classifier import LABEL_SETS, MODES, PatchClassifierConfig
 from .configuration_unet import UNetConfig
 from .image_processing_cxr import CXRImageProcessor, CXRInputError
@@ -72,6 +72,7 @@ __all__ = [
     "FCDENSENET_PRESETS",
     "LABEL_SETS",
     "MODES",
+    "SEGMENTATION_IDS",
     "SEGMENTATION_LABELS",
     "SEGMENTATION_MODELS",
     "CXRImageProcessor",

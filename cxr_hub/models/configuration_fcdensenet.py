@@ -8,7 +8,11 @@ from transformers import PretrainedConfig
 
 from .configuration_common import checked_class_weights, fill_label_maps
 
+#: The segmentation label map's values, the one place they are written (the configs' id2label, biomarkers, clean-up
+#: and overlays all read them from here).
 SEGMENTATION_LABELS = {0: "background", 1: "heart", 2: "left_lung", 3: "right_lung"}
+#: name → label value (the inverse of SEGMENTATION_LABELS).
+SEGMENTATION_IDS = {name: value for value, name in SEGMENTATION_LABELS.items()}
 
 # (down-path layers per block, bottleneck layers, growth rate), from Jégou et al. 2017, Table 2.
 FCDENSENET_PRESETS: dict[str, tuple[tuple[int, ...], int, int]] = {

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..io import ImageSource
-from ..models import SEGMENTATION_LABELS, CXRImageProcessor, PatchClassifierConfig, image_processor_for
+from ..models import SEGMENTATION_LABELS, PatchClassifierConfig, image_processor_for
 from ..patches import DEFAULT_SAMPLING, SAMPLING_MODES
 from ..runtime.numerics import CLASSIFIER_PRECISIONS, PRECISIONS, Numerics, NumericsPolicy
 from ..validity import Calibration, InputValidator
@@ -193,11 +193,6 @@ class CXRPipeline(_PrepareHalf, _AnalyzeHalf):
             global_classifier=self.global_classifier is not None,
             classifier=self.classifier_model,
         )
-
-    @property
-    def classifier_processor(self) -> CXRImageProcessor:
-        """The classifier frame's processor: same object as :attr:`frame_processor` (kept for existing callers)."""
-        return self.frame_processor
 
     @property
     def has_classifier(self) -> bool:
