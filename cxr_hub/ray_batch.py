@@ -86,54 +86,32 @@ class RayPredictError(ValueError):
 def _batch() -> SimpleNamespace:
     """The single-process batch ``predict``'s row code, shared so both engines write identical rows.
 
-    Imported on call rather than at module level: ``cxr_hub.commands`` registers this module's CLI options, and a
-    module-level import here would be circular.
+    Imported on call rather than at module level: :mod:`cxr_hub.cli.predict` registers this module's CLI options,
+    and a module-level import here would be circular.
     """
-    # The one statement to change once cxr_hub.commands makes these names public (drop the leading underscores).
-    from .commands import (
-        _BIOMARKER_COLUMNS,
-        _SETTINGS_COLUMNS,
-        _STATUS,
-        DEFAULT_CLASSIFIER,
-        DEFAULT_SEGMENTATION,
-        _escape,
-        _model_folder,
-        _pipeline_option_problem,
-        _read_rows,
-        _result_row,
-        _rewrite,
-        _row_name,
-        _settings_problem,
-        _source_name,
-        atomic_write,
-        batch_columns,
-        batch_inputs,
-        default_sampling,
-        error_cells,
-        predict_option_problem,
-    )
+    from .cli import batch, names, options, predict
 
     return SimpleNamespace(
-        biomarker_columns=_BIOMARKER_COLUMNS,
-        settings_columns=_SETTINGS_COLUMNS,
-        status=_STATUS,
-        default_classifier=DEFAULT_CLASSIFIER,
-        default_segmentation=DEFAULT_SEGMENTATION,
-        escape=_escape,
-        model_folder=_model_folder,
-        pipeline_option_problem=_pipeline_option_problem,
-        read_rows=_read_rows,
-        result_row=_result_row,
-        rewrite_csv=_rewrite,
-        row_name=_row_name,
-        settings_problem=_settings_problem,
-        source_name=_source_name,
-        batch_columns=batch_columns,
-        atomic_write=atomic_write,
-        batch_inputs=batch_inputs,
-        default_sampling=default_sampling,
-        error_cells=error_cells,
-        predict_option_problem=predict_option_problem,
+        biomarker_columns=batch.BIOMARKER_COLUMNS,
+        settings_columns=batch.SETTINGS_COLUMNS,
+        status=batch.STATUS,
+        default_classifier=predict.DEFAULT_CLASSIFIER,
+        default_segmentation=predict.DEFAULT_SEGMENTATION,
+        escape=names.escape,
+        model_folder=predict.model_folder,
+        pipeline_option_problem=predict.pipeline_option_problem,
+        read_rows=batch.read_rows,
+        result_row=batch.result_row,
+        rewrite_csv=batch.rewrite_csv,
+        row_name=names.row_name,
+        settings_problem=batch.settings_problem,
+        source_name=names.source_name,
+        batch_columns=batch.batch_columns,
+        atomic_write=batch.atomic_write,
+        batch_inputs=batch.batch_inputs,
+        default_sampling=options.default_sampling,
+        error_cells=batch.error_cells,
+        predict_option_problem=predict.predict_option_problem,
     )
 
 

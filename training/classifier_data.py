@@ -390,7 +390,7 @@ def build_cache(
     todo = [r for r in rows if r.id not in known_failures and not (folder / f"{safe_name(r.id)}.npz").is_file()]
     failures = {r.id: known_failures[r.id] for r in rows if r.id in known_failures}
     if todo:
-        from cxr_hub.evaluation import load_segmentation_model
+        from cxr_hub.evaluation.segmentation import load_segmentation_model
         from cxr_hub.io import CXRInputError
         from cxr_hub.pipeline import CXRPipeline
 
