@@ -276,7 +276,7 @@ def summarise(per_image: list[dict[str, Any]], fast: str = "bf16") -> dict[str, 
 
 def comparison_parser(description: str, default_limit: int = 100) -> argparse.ArgumentParser:
     """The options every real-film comparison script shares (models, manifest, split, limit, K, seed, JSON)."""
-    from cxr_hub.classification import DEFAULT_SEGMENTATION
+    from cxr_hub.evaluation.classification import DEFAULT_SEGMENTATION
     from cxr_hub.patches import DEFAULT_SAMPLING, SAMPLING_MODES
 
     default_manifest = REPO_ROOT.parent / "shared" / "data" / "cxr" / "manifest.csv"

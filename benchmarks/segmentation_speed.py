@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from cxr_hub import load_image
-    from cxr_hub.evaluation import load_segmentation_model, segment, segmentation_processor
+    from cxr_hub.evaluation.segmentation import load_segmentation_model, segment, segmentation_processor
     from cxr_hub.postprocessing import clean_label_map, uses_postprocessing
     from cxr_hub.presets import SHIPPED
 

@@ -5,7 +5,7 @@ cxr-hub manifest (``.csv``) or a text file of paths (``.txt``, one per line) on 
 ``map_batches`` with :class:`PipelineActor`, an actor that loads a :class:`~cxr_hub.pipeline.CXRPipeline` once (on
 its GPU when Ray gave it one) and turns each film into the row the single-process batch ``predict`` writes → rows
 streamed back to the driver, which writes them. The rows are made by the single-process code itself
-(``cxr_hub.commands``: the same columns, the same seed rule, the same number formatting), so the same options give
+(``cxr_hub.cli.batch``: the same columns, the same seed rule, the same number formatting), so the same options give
 the same rows, byte for byte in a CSV.
 
 Why the driver writes the output (rather than ``Dataset.write_parquet`` on the workers): with ``ray://`` the CLI
@@ -86,54 +86,32 @@ class RayPredictError(ValueError):
 def _batch() -> SimpleNamespace:
     """The single-process batch ``predict``'s row code, shared so both engines write identical rows.
 
-    Imported on call rather than at module level: ``cxr_hub.commands`` registers this module's CLI options, and a
-    module-level import here would be circular.
+    Imported on call rather than at module level: :mod:`cxr_hub.cli.predict` registers this module's CLI options,
+    and a module-level import here would be circular.
     """
-    # The one statement to change once cxr_hub.commands makes these names public (drop the leading underscores).
-    from .commands import (
-        _BIOMARKER_COLUMNS,
-        _SETTINGS_COLUMNS,
-        _STATUS,
-        DEFAULT_CLASSIFIER,
-        DEFAULT_SEGMENTATION,
-        _escape,
-        _model_folder,
-        _pipeline_option_problem,
-        _read_rows,
-        _result_row,
-        _rewrite,
-        _row_name,
-        _settings_problem,
-        _source_name,
-        atomic_write,
-        batch_columns,
-        batch_inputs,
-        default_sampling,
-        error_cells,
-        predict_option_problem,
-    )
+    from .cli import batch, names, options, predict
 
     return SimpleNamespace(
-        biomarker_columns=_BIOMARKER_COLUMNS,
-        settings_columns=_SETTINGS_COLUMNS,
-        status=_STATUS,
-        default_classifier=DEFAULT_CLASSIFIER,
-        default_segmentation=DEFAULT_SEGMENTATION,
-        escape=_escape,
-        model_folder=_model_folder,
-        pipeline_option_problem=_pipeline_option_problem,
-        read_rows=_read_rows,
-        result_row=_result_row,
-        rewrite_csv=_rewrite,
-        row_name=_row_name,
-        settings_problem=_settings_problem,
-        source_name=_source_name,
-        batch_columns=batch_columns,
-        atomic_write=atomic_write,
-        batch_inputs=batch_inputs,
-        default_sampling=default_sampling,
-        error_cells=error_cells,
-        predict_option_problem=predict_option_problem,
+        biomarker_columns=batch.BIOMARKER_COLUMNS,
+        settings_columns=batch.SETTINGS_COLUMNS,
+        status=batch.STATUS,
+        default_classifier=predict.DEFAULT_CLASSIFIER,
+        default_segmentation=predict.DEFAULT_SEGMENTATION,
+        escape=names.escape,
+        model_folder=predict.model_folder,
+        pipeline_option_problem=predict.pipeline_option_problem,
+        read_rows=batch.read_rows,
+        result_row=batch.result_row,
+        rewrite_csv=batch.rewrite_csv,
+        row_name=names.row_name,
+        settings_problem=batch.settings_problem,
+        source_name=names.source_name,
+        batch_columns=batch.batch_columns,
+        atomic_write=batch.atomic_write,
+        batch_inputs=batch.batch_inputs,
+        default_sampling=options.default_sampling,
+        error_cells=batch.error_cells,
+        predict_option_problem=predict.predict_option_problem,
     )
 
 
@@ -409,7 +387,7 @@ class PipelineActor:
 
     Input batches (``batch_format="pyarrow"``) have the columns ``path`` (binary: ``os.fsencode`` of the film's
     path, so names that are not UTF-8 survive) and ``file`` (the row name). Output: one string column per column
-    of :func:`cxr_hub.commands.batch_columns`, holding exactly the cells the single-process CSV holds, plus
+    of :func:`cxr_hub.cli.batch.batch_columns`, holding exactly the cells the single-process CSV holds, plus
     :data:`WORKER_COLUMN`, :data:`SETTINGS_COLUMN`, :data:`STARTED_COLUMN`, :data:`SECONDS_COLUMN` and
     :data:`CPU_SECONDS_COLUMN` for the driver.
 
@@ -457,7 +435,7 @@ class PipelineActor:
 
     def error_row(self, name: str, message: str, extra: Mapping[str, str] | None = None) -> list[str]:
         """An error row, filled as the single-process run fills it: the settings, the name, the message and the
-        ``extra`` cells of :func:`cxr_hub.commands.error_cells` (an input-check refusal's scores)."""
+        ``extra`` cells of :func:`cxr_hub.cli.batch.error_cells` (an input-check refusal's scores)."""
         cells = dict.fromkeys(self.header, "") | self.settings | dict(extra or {})
         cells |= {"file": name, "status": "error", "error": self._b.escape(message)}
         return [cells[c] for c in self.header]

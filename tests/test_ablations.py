@@ -14,7 +14,7 @@ from test_pipeline import PatternSegmenter, _classifier, chest_labels
 from test_train_classifier import _lung_segmenter, _manifest_with_split, synthetic_data
 
 from cxr_hub import CXRPipeline, PatchClassifierConfig, PatchClassifierForImageClassification
-from cxr_hub.stats import mcnemar_exact
+from cxr_hub.evaluation.stats import mcnemar_exact
 from training import ablations
 from training import train_classifier as tc
 from training.classifier_data import fraction_subset, global_frames, load_cached_data, write_cached

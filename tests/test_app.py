@@ -321,7 +321,7 @@ def test_biomarker_panel_without_our_reference_still_shows_the_paper() -> None:
 
 def test_shipped_reference_is_the_results_run() -> None:
     """The app's reference file and RESULTS.md's biomarker tables come from one report (docs/figures/...)."""
-    from cxr_hub.biomarker_analysis import reference_from_report
+    from cxr_hub.evaluation.biomarker_statistics import reference_from_report
 
     stats = REPO_ROOT / "docs" / "figures" / "biomarkers_label4" / "stats.json"
     if not stats.is_file():

@@ -20,7 +20,7 @@ import pytest
 from conftest import REPO_ROOT, synthetic_cxr
 from PIL import Image
 
-from cxr_hub import commands
+from cxr_hub.cli import batch
 from cxr_hub.cli import main as cli_main
 from cxr_hub.io import CXRInputError
 
@@ -135,12 +135,12 @@ def test_resume_refuses_a_csv_with_other_columns(tmp_path: Path, tiny_model_fold
 
 def test_batch_mode_selection_and_inputs(tmp_path: Path) -> None:
     folder = make_folder(tmp_path)
-    assert commands.is_batch(folder, "outputs/predict") and commands.is_batch(folder / "img0.png", "r.CSV")
-    assert not commands.is_batch(folder / "img0.png", "outputs/predict")
-    assert [p.name for p in commands.batch_inputs(folder)] == sorted(["broken.png", *IMAGES])
-    assert commands.batch_inputs(folder / "img0.png") == [folder / "img0.png"]
+    assert batch.is_batch(folder, "outputs/predict") and batch.is_batch(folder / "img0.png", "r.CSV")
+    assert not batch.is_batch(folder / "img0.png", "outputs/predict")
+    assert [p.name for p in batch.batch_inputs(folder)] == sorted(["broken.png", *IMAGES])
+    assert batch.batch_inputs(folder / "img0.png") == [folder / "img0.png"]
     with pytest.raises(CXRInputError, match="not found") as err:
-        commands.batch_inputs(tmp_path / "missing")
+        batch.batch_inputs(tmp_path / "missing")
     assert str(tmp_path) not in str(err.value)  # a folder's own name can be a patient's
 
 

@@ -1,4 +1,4 @@
-"""cxr_hub.stats against scipy and hand-computed answers: summaries, KS normality, rank-sum tests, stars, tables."""
+"""cxr_hub.evaluation.stats against scipy and hand-computed answers: summaries, KS normality, rank-sum tests, tables."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from cxr_hub.stats import (
+from cxr_hub.evaluation.stats import (
     class_summary,
     compare_classes,
     format_mean_sd,
@@ -170,7 +170,8 @@ def test_rendered_tables_list_absent_classes_and_stars():
 
 def _saved_run(folder, rng) -> dict:
     """A biomarkers run as ``python -m cxr_hub biomarkers`` leaves it: biomarkers.csv and stats.json."""
-    from cxr_hub.biomarker_analysis import BIOMARKER_COLUMNS, _write_csv, biomarker_report, write_outputs
+    from cxr_hub.evaluation.biomarker_statistics import biomarker_report
+    from cxr_hub.evaluation.biomarker_study import BIOMARKER_COLUMNS, _write_csv, write_outputs
 
     records = []
     films = [("normal", "jsrt")] * 5 + [("viral_covid", "cohen")] * 6 + [("bacterial", "cohen")] * 3
@@ -190,7 +191,8 @@ def _saved_run(folder, rng) -> dict:
 
 
 def test_rebuild_writes_results_source_and_app_reference_from_one_report(tmp_path):
-    from cxr_hub.biomarker_analysis import rebuild_from_csv, reference_from_report, render_tables
+    from cxr_hub.evaluation.biomarker_statistics import reference_from_report, render_tables
+    from cxr_hub.evaluation.biomarker_study import rebuild_from_csv
 
     original = _saved_run(tmp_path, np.random.default_rng(5))
     rebuilt = rebuild_from_csv(tmp_path, reference_json=tmp_path / "ref" / "reference.json")
@@ -213,7 +215,7 @@ def test_rebuild_writes_results_source_and_app_reference_from_one_report(tmp_pat
 
 
 def test_rebuild_says_what_to_run_when_the_run_is_missing(tmp_path):
-    from cxr_hub.biomarker_analysis import rebuild_from_csv
+    from cxr_hub.evaluation.biomarker_study import rebuild_from_csv
 
     with pytest.raises(FileNotFoundError, match="python -m cxr_hub biomarkers"):
         rebuild_from_csv(tmp_path)

@@ -13,8 +13,9 @@ from conftest import synthetic_label_map, write_synthetic_manifest
 from torch import nn
 
 from cxr_hub import CXRPipeline, FCDenseNetForSemanticSegmentation
-from cxr_hub.biomarker_analysis import CSV_COLUMNS, is_ap_supine, run_biomarkers
 from cxr_hub.cli import main
+from cxr_hub.evaluation.biomarker_statistics import is_ap_supine
+from cxr_hub.evaluation.biomarker_study import CSV_COLUMNS, run_biomarkers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

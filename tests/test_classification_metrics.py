@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from cxr_hub.classification import (
+from cxr_hub.evaluation.classification_metrics import (
     MACRO_METRICS,
     accuracy_by_group,
     bootstrap_ci,

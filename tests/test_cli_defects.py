@@ -18,8 +18,9 @@ import pytest
 from conftest import REPO_ROOT, synthetic_cxr, write_synthetic_manifest
 from PIL import Image
 
-from cxr_hub import cli, commands
+from cxr_hub import cli
 from cxr_hub.cli import main as cli_main
+from cxr_hub.cli import preprocess
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -99,7 +100,7 @@ def test_ctrl_c_is_one_line_and_exit_code_130(monkeypatch: pytest.MonkeyPatch, c
     def interrupted(args: Any) -> int:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(commands, "run_preprocess", interrupted)
+    monkeypatch.setattr(preprocess, "run_preprocess", interrupted)
     assert cli_main(["preprocess", "x.png"]) == 130
     captured = capfd.readouterr()
     assert captured.err == "interrupted\n" and captured.out == ""
@@ -156,18 +157,18 @@ def test_preprocess_checks_its_options(tmp_path: Path, capfd, option: str, value
 
 
 def test_evaluate_segmentation_finds_its_default_model_from_any_directory(tmp_path: Path, monkeypatch) -> None:
-    from cxr_hub.evaluation import load_segmentation_model
+    from cxr_hub.evaluation.segmentation import load_segmentation_model
     from cxr_hub.presets import default_folder
 
     if not (default_folder("segmentation") / "config.json").is_file():
         pytest.skip("the shipped segmentation model is not in this checkout")
     import argparse
 
-    from cxr_hub import evaluation
+    from cxr_hub.cli import evaluate_segmentation
 
     monkeypatch.chdir(tmp_path)
     parser = argparse.ArgumentParser()
-    evaluation.add_parser(parser.add_subparsers())
+    evaluate_segmentation.add_parser(parser.add_subparsers())
     args = parser.parse_args(["evaluate-segmentation", "--manifest", "m.csv", "--out", "o"])
     assert Path(args.segmentation) == default_folder("segmentation") and Path(args.segmentation).is_absolute()
     assert load_segmentation_model(args.segmentation, "cpu").config.model_type == "cxr_fcdensenet"
@@ -200,7 +201,7 @@ class Row:
 
 
 def test_limit_takes_a_stratified_deterministic_subset() -> None:
-    from cxr_hub.classification import stratified_subset
+    from cxr_hub.evaluation.classification import stratified_subset
 
     # sorted by source, as the real manifest is: the first 20 rows are all normal
     rows = [Row(f"jsrt{i}", "normal") for i in range(60)] + [Row(f"cohen{i}", "viral_covid") for i in range(30)]
@@ -227,7 +228,7 @@ def _split_file(path: Path, manifest: Path) -> Path:
 def test_evaluate_scores_the_test_split_by_default_and_warns_about_training_films(
     tmp_path: Path, tiny_model_folders, capsys
 ) -> None:
-    from cxr_hub.classification import DEFAULT_SPLIT_FILE, _split_selection
+    from cxr_hub.evaluation.classification import DEFAULT_SPLIT_FILE, _split_selection
     from cxr_hub.manifest import read_manifest
 
     manifest = write_synthetic_manifest(tmp_path / "data", n=6)
@@ -260,7 +261,7 @@ def test_evaluate_scores_the_test_split_by_default_and_warns_about_training_film
 
 
 def test_evaluate_from_the_readme_uses_the_projects_split(cxr_data: Path) -> None:
-    from cxr_hub.classification import DEFAULT_SPLIT_FILE, _split_selection
+    from cxr_hub.evaluation.classification import DEFAULT_SPLIT_FILE, _split_selection
     from cxr_hub.manifest import read_manifest
 
     if not DEFAULT_SPLIT_FILE.is_file():

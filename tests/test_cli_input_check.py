@@ -17,7 +17,7 @@ from conftest import synthetic_cxr
 from PIL import Image
 from test_input_check import colour_photo
 
-from cxr_hub import commands
+from cxr_hub.cli import batch
 from cxr_hub.cli import main as cli_main
 from cxr_hub.validity import CSV_COLUMNS
 
@@ -46,7 +46,7 @@ def rows(path: Path) -> dict[str, dict[str, str]]:
 
 
 def test_batch_header_carries_the_checks_columns_before_the_warnings() -> None:
-    header = commands.batch_columns(["a", "b"])
+    header = batch.batch_columns(["a", "b"])
     at = header.index("input_check")
     assert tuple(header[at : at + len(CSV_COLUMNS)]) == CSV_COLUMNS
     assert header[at + len(CSV_COLUMNS) :] == ["warnings", "error"]

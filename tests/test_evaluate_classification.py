@@ -10,8 +10,8 @@ import torch
 from conftest import write_synthetic_manifest
 
 from cxr_hub import FCDenseNetForSemanticSegmentation, PatchClassifierConfig, PatchClassifierForImageClassification
-from cxr_hub import classification as clf_module
 from cxr_hub.cli import main
+from cxr_hub.evaluation import classification as clf_module
 from cxr_hub.manifest import read_manifest
 from training.data import manifest_fingerprint
 

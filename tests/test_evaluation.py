@@ -11,8 +11,8 @@ from conftest import write_synthetic_manifest
 
 from cxr_hub import FCDenseNetForSemanticSegmentation
 from cxr_hub.cli import main
-from cxr_hub.evaluation import evaluate_segmentation, undersegmentation_report
-from cxr_hub.metrics import overlap_scores, structure_scores
+from cxr_hub.evaluation.metrics import overlap_scores, structure_scores
+from cxr_hub.evaluation.segmentation import evaluate_segmentation, undersegmentation_report
 
 
 def test_overlap_scores_known_values():
@@ -101,7 +101,7 @@ def test_cli_evaluate_segmentation(tmp_path, tiny_seg_folder, capsys):
 
 def test_heart_share_of_a_heartless_reference_and_ctr_groups(tmp_path, tiny_seg_folder, monkeypatch):
     """A prediction that calls each polygon film's left lung heart: the share is exactly that lung's part."""
-    from cxr_hub import evaluation
+    from cxr_hub.evaluation import segmentation as evaluation
     from cxr_hub.manifest import load_label_map, read_manifest
 
     manifest = write_synthetic_manifest(tmp_path / "data", n=6)

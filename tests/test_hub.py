@@ -20,6 +20,7 @@ import yaml
 from transformers import PretrainedConfig, PreTrainedModel
 
 from cxr_hub import hub
+from cxr_hub.cli import hub as cli_hub
 
 SEG_METRICS = {
     "dataset": {"name": "JSRT/SCR", "type": "jsrt", "split": "validation"},
@@ -486,7 +487,7 @@ def test_push_rejects_bad_repo_id(exported: Path, no_network: None) -> None:
 
 def hub_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr_hub")
-    hub.add_parser(parser.add_subparsers(dest="command", required=True))
+    cli_hub.add_parser(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
@@ -552,7 +553,7 @@ def test_cli_model_card_never_replaces_a_card_without_overwrite(exported: Path, 
 
 def _evaluate_report() -> dict[str, Any]:
     """A metrics.json as `python -m cxr_hub evaluate` writes it (the report plus the keys evaluate adds)."""
-    from cxr_hub.classification import accuracy_by_group, classification_report
+    from cxr_hub.evaluation.classification_metrics import accuracy_by_group, classification_report
 
     labels = ["normal", "bacterial", "tuberculosis", "viral_covid"]
     truth = ["normal"] * 4 + ["bacterial"] * 3 + ["viral_covid"] * 5
@@ -665,7 +666,9 @@ def test_cli_model_card_errors(tmp_path: Path, exported: Path) -> None:
     assert run_hub_cli(["model-card", str(exported), "--metrics", str(bad)]) == 2
 
 
-@pytest.mark.skipif(importlib.util.find_spec("cxr_hub.commands") is None, reason="cxr_hub.commands not written yet")
+@pytest.mark.skipif(
+    importlib.util.find_spec("cxr_hub.cli.predict") is None, reason="cxr_hub.cli.predict not written yet"
+)
 def test_top_level_cli_push_dry_run(exported: Path, no_network: None) -> None:
     from cxr_hub.cli import main
 

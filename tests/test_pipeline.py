@@ -497,7 +497,7 @@ def test_from_pretrained_and_predict_cli(tmp_path, tiny_fcdensenet_config, class
 def test_predict_cli_missing_models_exits_2(tmp_path, capsys, image, monkeypatch):
     from PIL import Image
 
-    from cxr_hub import commands
+    from cxr_hub.cli import predict as commands
 
     Image.fromarray(image).save(tmp_path / "cxr.png")
     code = cli_main(["predict", str(tmp_path / "cxr.png"), "--classifier", str(tmp_path / "nope")])

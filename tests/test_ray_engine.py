@@ -113,7 +113,7 @@ def csv_rows(path: Path) -> list[list[str]]:
 
 
 def run_cli(argv: list[str]) -> int:
-    """``python -m cxr_hub predict ... --engine ray`` in-process: through commands.py once it registers the Ray
+    """``python -m cxr_hub predict ... --engine ray`` in-process: through cxr_hub.cli.predict once it registers the Ray
     options (its ``predict`` then dispatches to :func:`cxr_hub.ray_batch.run_ray_predict`), else directly."""
     parser = build_parser(["predict"])
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["predict"]

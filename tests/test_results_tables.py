@@ -8,7 +8,7 @@ import json
 import pytest
 from conftest import REPO_ROOT
 
-from cxr_hub.classification import accuracy_by_group, classification_report
+from cxr_hub.evaluation.classification_metrics import accuracy_by_group, classification_report
 from cxr_hub.paper import format_number, generated_blocks, paper_row
 from training import results_tables as rt
 

@@ -17,7 +17,7 @@ import torch
 from cxr_hub import CXRPipeline, PatchClassifierForImageClassification
 from cxr_hub.cli import main as cli_main
 from cxr_hub.demo import PAPER_MODEL, CXRApp
-from cxr_hub.evaluation import load_segmentation_model
+from cxr_hub.evaluation.segmentation import load_segmentation_model
 from cxr_hub.loading import ALLOW_PICKLE_ENV, UnsafeCheckpointError, load_model, pickle_checkpoints
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

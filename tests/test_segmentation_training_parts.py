@@ -197,7 +197,9 @@ def test_one_default_segmentation_setting():
 
 
 def test_pipeline_commands_and_app_read_the_preset():
-    from cxr_hub import commands, demo, evaluation
+    from cxr_hub import demo
+    from cxr_hub.cli import predict as commands
+    from cxr_hub.evaluation import segmentation as evaluation
 
     seg = SHIPPED["segmentation"]
     assert seg.path == commands.DEFAULT_SEGMENTATION
@@ -212,8 +214,8 @@ def test_evaluation_reports_postprocessing_and_convention_aware_lung(tmp_path, t
     from conftest import write_synthetic_manifest
 
     from cxr_hub import FCDenseNetForSemanticSegmentation
-    from cxr_hub.evaluation import evaluate_segmentation
-    from cxr_hub.metrics import CONVENTION_AWARE_LUNG
+    from cxr_hub.evaluation.metrics import CONVENTION_AWARE_LUNG
+    from cxr_hub.evaluation.segmentation import evaluate_segmentation
 
     torch.manual_seed(0)
     model = FCDenseNetForSemanticSegmentation(tiny_fcdensenet_config).eval()
@@ -290,7 +292,7 @@ def test_warm_start_chain_states_the_total_budget(tmp_path):
 
 
 def test_ctr_agreement_bland_altman_numbers():
-    from cxr_hub.evaluation import ctr_agreement
+    from cxr_hub.evaluation.segmentation import ctr_agreement
 
     a = ctr_agreement([(0.50, 0.45), (0.40, 0.42), (0.48, 0.48)])
     assert a["n"] == 3 and a["mae"] == pytest.approx((0.05 + 0.02 + 0.0) / 3)

@@ -11,7 +11,7 @@ import yaml
 from conftest import REPO_ROOT
 
 from cxr_hub import load_image
-from cxr_hub.evaluation import load_segmentation_model, segment, segmentation_processor
+from cxr_hub.evaluation.segmentation import load_segmentation_model, segment, segmentation_processor
 from cxr_hub.postprocessing import clean_label_map, uses_postprocessing
 from cxr_hub.presets import SHIPPED
 

@@ -47,8 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxr_hub.evaluation.stats import markdown_table, mcnemar_exact
 from cxr_hub.presets import repo_relative_folder
-from cxr_hub.stats import markdown_table, mcnemar_exact
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUNS = Path("runs/ablation")

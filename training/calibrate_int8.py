@@ -35,7 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    from cxr_hub.classification import DEFAULT_SEGMENTATION
+    from cxr_hub.evaluation.classification import DEFAULT_SEGMENTATION
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--classifier", required=True, help="classifier folder (its config.json gains the calibration)")
@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def training_films(manifest: str, split_file: str, task: str, n: int, seed: int) -> list[Any]:
     """``n`` labelled films of the classification training split, chosen at random with ``seed``."""
-    from cxr_hub.evaluation import select_rows
+    from cxr_hub.evaluation.selection import select_rows
     from cxr_hub.manifest import read_manifest, resolve_manifest
 
     rows = [r for r in read_manifest(resolve_manifest(manifest)) if r.label(task)]

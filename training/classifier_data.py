@@ -375,7 +375,7 @@ def build_cache(
     failures = {r.id: known_failures[r.id] for r in rows if r.id in known_failures}
     if todo:
         from cxr_hub import PatchClassifierConfig
-        from cxr_hub.evaluation import load_segmentation_model
+        from cxr_hub.evaluation.segmentation import load_segmentation_model
         from cxr_hub.io import CXRInputError
         from cxr_hub.pipeline import CXRPipeline
 

@@ -12,7 +12,7 @@ mode, the pipeline's default until 2026-12-01), then two analyses of the same pa
 * **Patch intensity distributions** (the paper's Fig. 5): for the patches whose own argmax equals the image's true
   class ("correctly classified patches"), the mean (inter-patch) and the standard deviation (intra-patch) of the
   gray levels of the patch's lung pixels (preprocessed frame, [0, 255]). Per class: mean ± SD, Kolmogorov–Smirnov
-  normality and pairwise Wilcoxon rank-sum tests (:mod:`cxr_hub.stats`), as for the per-image biomarkers.
+  normality and pairwise Wilcoxon rank-sum tests (:mod:`cxr_hub.evaluation.stats`), as for the per-image biomarkers.
 
 Inputs are the training cache (``training/classifier_data.py``): the lung-masked 1024 frames the pipeline computes.
 
@@ -37,8 +37,8 @@ import torch
 from tqdm import tqdm
 
 from cxr_hub import PatchClassifierForImageClassification, image_processor_for, patches
-from cxr_hub.classification import classification_report, json_ready
-from cxr_hub.stats import compare_classes, normality_markdown, pairwise_markdown, summary_markdown
+from cxr_hub.evaluation.classification_metrics import classification_report, json_ready
+from cxr_hub.evaluation.stats import compare_classes, normality_markdown, pairwise_markdown, summary_markdown
 from training.classifier_data import ClassifierData, load_task_splits
 from training.runtime import autocast_dtype
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from cxr_hub.hub import _evaluation_section, refresh_paper_comparison
+from cxr_hub.hub import evaluation_section, refresh_paper_comparison
 from training.train_classifier import card_metrics
 
 __all__ = ["main", "refresh_card"]
@@ -59,7 +59,7 @@ def refresh_card(card_text: str, metrics: Mapping[str, Any]) -> str:
         raise ValueError("The metrics hold no defined value to put into the card.")
     results[0]["metrics"] = [{"type": k, "value": v, "name": k} for k, v in new["values"].items()]
     meta["metrics"] = list(dict.fromkeys(m["type"] for r in results for m in r["metrics"]))
-    table = _evaluation_section(
+    table = evaluation_section(
         [{"dataset": r["dataset"], "values": {m["type"]: m["value"] for m in r["metrics"]}} for r in results]
     )
     # the section's lead sentence and its table, up to the first line that is not a table row

@@ -442,7 +442,7 @@ def paper_data_section(m4: Mapping[str, Any], m3: Mapping[str, Any]) -> str:
 
 def biomarker_tables_section(stats: Mapping[str, Any]) -> str:
     """Our biomarker tables as ``python -m cxr_hub biomarkers`` renders them (``tables.md``), from ``stats.json``."""
-    from cxr_hub.biomarker_analysis import render_tables
+    from cxr_hub.evaluation.biomarker_statistics import render_tables
 
     text = render_tables(stats)
     start = text.index("#### ")  # the tables, without tables.md's own title and run description
@@ -468,7 +468,7 @@ def _pairwise_p(stats: Mapping[str, Any], subset: str, biomarker: str, a: str, b
 def biomarkers_vs_paper_section(stats: Mapping[str, Any]) -> str:
     """Ours beside the paper's Tables VI-IX in the paper's units (intensities / 255), with the differences in words."""
     from cxr_hub.biomarkers import CLASS_BIOMARKERS
-    from cxr_hub.stats import format_p
+    from cxr_hub.evaluation.stats import format_p
 
     rows = []
     specs = [(b, t, "all_views", "all views") for b, t in BIOMARKER_TABLES.items()]
@@ -562,9 +562,9 @@ def _seg_models(seg: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
 
 def table_v_section(seg: Mapping[str, Any]) -> str:
     """Table V: our segmentation Jaccard beside the paper's (JSRT; their second database is NLM-MC, ours Cohen)."""
-    from cxr_hub.metrics import CONVENTION_AWARE_LUNG
+    from cxr_hub.evaluation.metrics import CONVENTION_AWARE_LUNG
+    from cxr_hub.evaluation.stats import format_p
     from cxr_hub.presets import SHIPPED
-    from cxr_hub.stats import format_p
 
     v = paper_table("table_v_segmentation_jaccard")
     pair = format_mean_sd
@@ -821,7 +821,7 @@ def _autocast(cfg: Mapping[str, Any]) -> str:
 
 def readme_shipped_models(files: ResultFiles) -> str:
     """The README's shipped-models tables and the shortcut paragraph, from the measured files."""
-    from cxr_hub.metrics import CONVENTION_AWARE_LUNG
+    from cxr_hub.evaluation.metrics import CONVENTION_AWARE_LUNG
     from cxr_hub.presets import SHIPPED
 
     seg = files.load("segmentation")

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import wilcoxon
 
-from cxr_hub.evaluation import ctr_agreement, evaluate_segmentation, load_segmentation_model
-from cxr_hub.metrics import CONVENTION_AWARE_LUNG
+from cxr_hub.evaluation.metrics import CONVENTION_AWARE_LUNG
+from cxr_hub.evaluation.segmentation import ctr_agreement, evaluate_segmentation, load_segmentation_model
 from cxr_hub.paper import format_mean_sd, paper_table
 from cxr_hub.presets import SHIPPED
 from training.data import DEFAULT_SPLIT_FILE, load_or_create_splits, read_rows

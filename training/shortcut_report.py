@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from cxr_hub.classification import accuracy_by_group
+from cxr_hub.evaluation.classification_metrics import accuracy_by_group
 
 #: Folds of the probe's cross-validation (grouped by patient, stratified by source as far as groups allow).
 FOLDS = 5

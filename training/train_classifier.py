@@ -82,7 +82,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cxr_hub import PatchClassifierConfig, PatchClassifierForImageClassification, patches
-from cxr_hub.classification import accuracy_by_group, classification_report
+from cxr_hub.evaluation.classification_metrics import accuracy_by_group, classification_report
 from cxr_hub.models import LABEL_SETS, MODES, CXRImageProcessor
 from cxr_hub.presets import SHIPPED, repo_relative_folder
 from training.augment import AugmentConfig, photometric

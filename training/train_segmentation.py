@@ -45,7 +45,7 @@ import torch
 from tqdm import tqdm
 
 from cxr_hub import FCDenseNetConfig, FCDenseNetForSemanticSegmentation, UNetConfig, UNetForSemanticSegmentation
-from cxr_hub.metrics import CONVENTION_AWARE_LUNG, heart_share_of_lung, structure_scores, summarize_scores
+from cxr_hub.evaluation.metrics import CONVENTION_AWARE_LUNG, heart_share_of_lung, structure_scores, summarize_scores
 from cxr_hub.models import CXRImageProcessor, image_processor_for
 from training.augment import augment_pair
 from training.config import parse_dataclass_config
@@ -149,7 +149,7 @@ def build_model(config: SegTrainConfig, class_weights: list[float]) -> torch.nn.
 
 
 def convention_aware_lung_jaccard(pred: np.ndarray, polygons: np.ndarray) -> float:
-    """Convention-aware lung Jaccard (:data:`cxr_hub.metrics.CONVENTION_AWARE_LUNG`); 1.0 when both are empty."""
+    """Convention-aware lung Jaccard (:data:`cxr_hub.evaluation.metrics.CONVENTION_AWARE_LUNG`); 1 when both empty."""
     j = structure_scores(pred, polygons, (CONVENTION_AWARE_LUNG,))["jaccard"][CONVENTION_AWARE_LUNG]
     return 1.0 if np.isnan(j) else j
 

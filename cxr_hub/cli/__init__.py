@@ -1,5 +1,14 @@
 """Command-line entry point: ``python -m cxr_hub <command>`` (or ``cxr-hub <command>``).
 
+What lives here: one thin module per command (``preprocess``, ``predict``, ``evaluate``, ``evaluate_segmentation``,
+``biomarkers``, ``hub`` for ``push`` and ``model-card``), each parsing its arguments, calling a library function and
+printing; :mod:`cxr_hub.cli.batch` and :mod:`cxr_hub.cli.names`, the batch CSV and file-naming rules of ``predict``
+(shared with :mod:`cxr_hub.ray_batch`); and, in this file, :func:`main`, :func:`build_parser`, :data:`COMMANDS` and
+the rules every command follows. What it may import: every layer below it (:mod:`cxr_hub.evaluation`,
+:mod:`cxr_hub.hub`, :mod:`cxr_hub.pipeline` and the method's modules). Within the package only ``cxr_hub.__main__``,
+:mod:`cxr_hub.ray_batch` (the Ray engine writes the rows of :mod:`cxr_hub.cli.batch`) and the deprecated aliases of
+the old module paths import it.
+
 Each command lives in its own module and registers itself through an ``add_parser(subparsers)`` function, so the
 CLI grows without one file knowing every command's options. :data:`COMMANDS` names each command's module and
 one-line help, so that only the module of the command being run is imported: ``--help`` and a mistyped command
@@ -27,25 +36,25 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TextIO
 
-#: command → (module of cxr_hub that registers it, the one-line help of the command list), in listing order.
+#: command → (module of cxr_hub.cli that registers it, the one-line help of the command list), in listing order.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "preprocess": ("commands", "apply the paper's preprocessing to one image and write PNGs"),
+    "preprocess": ("preprocess", "apply the paper's preprocessing to one image and write PNGs"),
     "predict": (
-        "commands",
+        "predict",
         "classify a chest X-ray (result.json + overlay PNGs) or a folder of them (one CSV row per image)",
     ),
     "evaluate-segmentation": (
-        "evaluation",
+        "evaluate_segmentation",
         "score a segmentation model against a manifest's masks (Jaccard/Dice, worst cases, under-segmentation)",
     ),
     "evaluate": (
-        "classification",
+        "evaluate",
         "run the full pipeline on a labelled manifest and score the classifier (metrics.json, predictions.csv)",
     ),
     "push": ("hub", "upload an exported model folder to the Hugging Face Hub"),
     "model-card": ("hub", "re-render README.md of an exported model folder"),
     "biomarkers": (
-        "biomarker_analysis",
+        "biomarkers",
         "lung intensity, cardiothoracic ratio and lung area by class, with normality and rank-sum tests",
     ),
 }
@@ -112,7 +121,7 @@ def _is_user_error(exc: BaseException) -> bool:
         return True
     if "cxr_hub.models.image_processing_cxr" not in sys.modules:
         return False  # CXRInputError was never imported, so it cannot be this one
-    from .io import CXRInputError
+    from ..io import CXRInputError
 
     return isinstance(exc, CXRInputError)
 
@@ -193,7 +202,3 @@ def redacted_output(paths: Iterable[str]) -> Iterator[None]:
         yield
     finally:
         sys.stdout, sys.stderr = saved
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

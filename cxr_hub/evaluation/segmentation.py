@@ -1,18 +1,20 @@
-"""Segmentation evaluation: ``python -m cxr_hub evaluate-segmentation``.
+"""Segmentation evaluation as a library: a model scored against the masks of a manifest.
 
-Scores a segmentation model against the masks of any folder in the manifest format, at each mask's original
-resolution, and writes ``metrics.json``, ``per_image.csv``, a PNG grid of the worst cases and an under-segmentation
-report (the paper's section V-F-3).
+:func:`evaluate_segmentation` scores a segmentation model against the masks of any folder in the manifest format, at
+each mask's original resolution, and writes ``metrics.json``, ``per_image.csv``, a PNG grid of the worst cases and an
+under-segmentation report (the paper's section V-F-3). The loading and inference helpers here
+(:func:`load_segmentation_model`, :func:`segmentation_processor`, :func:`segment`) are shared with the biomarker
+study, training and the benchmarks. No argument parsing and no printing here (the command is
+:mod:`cxr_hub.cli.evaluate_segmentation`).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
-import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .biomarkers import cardiothoracic_ratio
-from .io import CXRInputError, load_image
-from .manifest import ManifestRow, load_label_map, read_manifest
+from ..biomarkers import cardiothoracic_ratio
+from ..io import CXRInputError, load_image
+from ..manifest import ManifestRow, load_label_map, read_manifest
+from ..models import CXRImageProcessor, image_processor_for
+from ..postprocessing import clean_label_map, uses_postprocessing
+from ..presets import default_folder
 from .metrics import (
     CONVENTION_AWARE_LUNG,
     STRUCTURE_LABELS,
@@ -31,9 +36,18 @@ from .metrics import (
     summarize,
     summarize_scores,
 )
-from .models import CXRImageProcessor, image_processor_for
-from .postprocessing import clean_label_map, uses_postprocessing
-from .presets import default_folder
+from .selection import select_rows
+
+__all__ = [
+    "DEFAULT_SEGMENTATION",
+    "UNDERSEGMENTATION_THRESHOLD",
+    "ctr_agreement",
+    "evaluate_segmentation",
+    "load_segmentation_model",
+    "segment",
+    "segmentation_processor",
+    "undersegmentation_report",
+]
 
 DEFAULT_SEGMENTATION = str(default_folder("segmentation"))
 # An image's predicted lung area below this share of the normal class's median counts as under-segmented.
@@ -47,13 +61,21 @@ def load_segmentation_model(
 
     Only safetensors weights are read unless ``allow_pickle`` (see :func:`cxr_hub.loading.load_model`).
 
+    Args:
+        name_or_path: a folder written by ``save_pretrained`` or a Hub repo id.
+        device: "cpu" / "cuda" or a device (default: CUDA when available).
+        allow_pickle: also read pickle checkpoints (they can run code when loaded: trusted files only).
+
+    Returns:
+        The model, in eval mode, on the device.
+
     Raises:
         FileNotFoundError: a local-looking path that does not exist (with a hint on how to get a model).
         cxr_hub.loading.UnsafeCheckpointError: a pickle checkpoint and ``allow_pickle`` is False.
     """
     from transformers import AutoModelForSemanticSegmentation
 
-    from .loading import load_model
+    from ..loading import load_model
 
     path = Path(name_or_path)
     if not path.exists() and (str(name_or_path).startswith((".", "/", "models")) or path.suffix):
@@ -67,7 +89,18 @@ def load_segmentation_model(
 
 
 def segmentation_processor(model: torch.nn.Module, preprocessing: str = "model") -> CXRImageProcessor:
-    """The processor matching the model's config; ``preprocessing="none"`` drops histeq and gamma (ablation)."""
+    """The processor matching the model's config; ``preprocessing="none"`` drops histeq and gamma (ablation).
+
+    Args:
+        model: a cxr-hub segmentation model (its ``config`` names the preprocessing).
+        preprocessing: ``"model"`` (the config's, the paper's by default) or ``"none"`` (min-max scaling only).
+
+    Returns:
+        A new :class:`cxr_hub.CXRImageProcessor`.
+
+    Raises:
+        ValueError: another ``preprocessing``.
+    """
     processor = image_processor_for(model.config)
     if preprocessing == "none":
         processor.do_equalize, processor.gamma = False, None
@@ -94,30 +127,11 @@ def segment(model: torch.nn.Module, processor: CXRImageProcessor, images: Sequen
     return processor.post_process_semantic_segmentation(logits, target_sizes=[im.shape for im in images])
 
 
-def select_rows(
-    rows: Sequence[ManifestRow],
-    split_file: str | Path | None = None,
-    split: str | None = None,
-    sources: Iterable[str] | None = None,
-) -> list[ManifestRow]:
-    """Filters manifest rows by a saved split (``"segmentation:val"``) and by source."""
-    selected = list(rows)
-    if split:
-        if not split_file:
-            raise ValueError("--split needs --split-file (a split JSON made by training/data.py).")
-        group, _, name = split.partition(":")
-        splits = json.loads(Path(split_file).read_text())["splits"]
-        if group not in splits or not name:
-            raise ValueError(f"--split must look like GROUP:NAME with GROUP in {sorted(splits)}, got {split!r}.")
-        selected = [r for r in selected if splits[group].get(r.id) == name]
-    if sources:
-        wanted = set(sources)
-        selected = [r for r in selected if r.source in wanted]
-    return selected
-
-
 def ctr_agreement(pairs: Sequence[tuple[float, float]]) -> dict[str, Any]:
     """Agreement of predicted and reference cardiothoracic ratios (Bland-Altman: differences predicted − reference).
+
+    Args:
+        pairs: ``(predicted, reference)`` ratio of each image, finite values (ratios in [0, 1]).
 
     Returns:
         ``{"n", "mae", "mean_difference", "sd_difference", "limits_of_agreement"}`` (95 %); ``{"n": 0}`` without pairs.
@@ -227,11 +241,26 @@ def evaluate_segmentation(
 ) -> dict[str, Any]:
     """Evaluates a segmentation model on every selected manifest row with a mask.
 
+    Over 80 lines for documenting its thirteen arguments and for the one dict that is ``metrics.json``; the work per
+    image is :func:`_score_image`.
+
     Jaccard and Dice are computed at the mask's original resolution, per structure; a structure the mask source does
     not annotate (v7labs: no heart) is skipped for that image, never scored as a miss. References without a heart are
-    also scored convention-aware (:data:`cxr_hub.metrics.CONVENTION_AWARE_LUNG`).
+    also scored convention-aware (:data:`cxr_hub.evaluation.metrics.CONVENTION_AWARE_LUNG`).
 
     Args:
+        manifest: manifest CSV or its folder; image and mask paths are relative to it.
+        out_dir: destination of ``metrics.json``, ``per_image.csv`` and ``worst_cases.png`` (created).
+        segmentation: model folder or Hub repo id (:func:`load_segmentation_model`), or a loaded model.
+        preprocessing: ``"model"`` (the paper's, from the model's config) or ``"none"`` (min-max only; ablation).
+        split_file: split JSON for ``split`` (:func:`cxr_hub.evaluation.selection.select_rows`).
+        split: ``GROUP:NAME``, e.g. ``"segmentation:val"``.
+        sources: only rows of these sources.
+        task: the label column of the under-segmentation report ("label4" / "label3").
+        undersegmentation: also segment labelled rows without masks for the under-segmentation report.
+        worst: how many of the worst lung Jaccard images the PNG grid shows.
+        limit: at most this many images, in manifest order (quick checks).
+        device: "cpu" / "cuda" (default: CUDA when available).
         postprocess: score the predictions after :func:`cxr_hub.postprocessing.clean_label_map` (True) or as they
             come (False); None (default): as the pipeline does for this model
             (:func:`cxr_hub.postprocessing.uses_postprocessing` of its config). ``metrics["postprocessing"]`` says
@@ -261,155 +290,126 @@ def evaluate_segmentation(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    per_image: list[dict[str, Any]] = []
-    scores, by_source = [], defaultdict(list)
-    lung_fraction: dict[str, float] = {}
-    ctr_predicted: dict[str, float] = {}  # every image's CTR from our mask, annotated or not
-    worst_cases: list[tuple[float, ManifestRow, np.ndarray, np.ndarray]] = []
-    failures: list[dict[str, str]] = []
-    changed: list[float] = []
-    # the other variant of the same inference: before the clean-up when it is applied, after it when it is not
-    other_scores: list[dict[str, dict[str, float]]] = []
-    ctr_pairs: list[tuple[float, float]] = []
+    tally = _Tally()
     for row in tqdm(list(todo.values()), desc="segmenting", unit="img"):
-        try:
-            image = load_image(row.image)
-        except CXRInputError as exc:
-            failures.append({"id": row.id, "error": str(exc)})
-            continue
-        raw = segment(model, processor, [image])[0]
-        cleaned, report = clean_label_map(raw)
-        changed.append(report.changed_fraction)
-        pred, other = (cleaned, raw) if postprocess else (raw, cleaned)
-        lung_fraction[row.id] = _lung_fraction(pred)
-        ctr_predicted[row.id] = float(cardiothoracic_ratio(pred)[0])
-        if row.mask is None:
-            continue
-        target = load_label_map(row.mask)
-        if target.shape != pred.shape:
-            failures.append({"id": row.id, "error": f"mask {target.shape} differs from image {pred.shape}"})
-            continue
-        structures = ["lung", *row.annotated_structures(target)]
-        if "heart" not in structures:
-            structures.append(CONVENTION_AWARE_LUNG)
-        s = structure_scores(pred, target, structures)
-        scores.append(s)
-        by_source[row.source].append(s)
-        other_scores.append(structure_scores(other, target, structures))
-        ctr = {}
-        if "heart" not in structures:  # a reference without a heart (v7labs polygons include the lung behind it)
-            ctr["heart_share_of_reference_lung"] = heart_share_of_lung(pred, target)
-        if "heart" in structures:  # the reference has a heart: the CTR of our mask against the reference's
-            ctr = {"ctr_predicted": cardiothoracic_ratio(pred)[0], "ctr_reference": cardiothoracic_ratio(target)[0]}
-            if all(np.isfinite(v) for v in ctr.values()):
-                ctr_pairs.append((ctr["ctr_predicted"], ctr["ctr_reference"]))
-        per_image.append(
-            {"id": row.id, "source": row.source, "mask_source": row.mask_source, "label4": row.label4}
-            | {f"jaccard_{k}": round(v, 5) for k, v in s["jaccard"].items()}
-            | {f"dice_{k}": round(v, 5) for k, v in s["dice"].items()}
-            | {k: round(float(v), 5) for k, v in ctr.items()}
-        )
-        worst_cases.append((s["jaccard"]["lung"], row, pred.astype(np.uint8), target))
-        worst_cases = sorted(worst_cases, key=lambda c: c[0])[:worst]
-
-    def _mean_std(summary: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
-        return {
-            m: {k: {"mean": v["mean"], "std": v["std"], "n": v["n"]} for k, v in d.items()} for m, d in summary.items()
-        }
-
+        _score_image(tally, model, processor, row, postprocess, worst)
     metrics: dict[str, Any] = {
-        "n": len(scores),
-        **_mean_std(summarize_scores(scores)),
-        "by_source": {src: {"n": len(v), **_mean_std(summarize_scores(v))} for src, v in sorted(by_source.items())},
+        "n": len(tally.scores),
+        **_mean_std(summarize_scores(tally.scores)),
+        "by_source": {
+            src: {"n": len(v), **_mean_std(summarize_scores(v))} for src, v in sorted(tally.by_source.items())
+        },
         "model": str(segmentation) if not isinstance(segmentation, torch.nn.Module) else type(segmentation).__name__,
         "preprocessing": "paper (histogram equalisation + gamma 0.5)" if preprocessing == "model" else "none (min-max)",
         "resolution": "original mask resolution",
         "selection": {"manifest": str(manifest), "split": split, "sources": sorted(sources) if sources else None},
-        "failures": failures,
+        "failures": tally.failures,
         "postprocessing": {
             "applied": bool(postprocess),
             # what the clean-up changes (applied or not: a model measured without it shows what it would do)
-            "changed_share_of_labelled_pixels": summarize(changed),
-            "images_changed": int(sum(c > 0 for c in changed)),
-            ("scores_without" if postprocess else "scores_with"): _mean_std(summarize_scores(other_scores)),
+            "changed_share_of_labelled_pixels": summarize(tally.changed),
+            "images_changed": int(sum(c > 0 for c in tally.changed)),
+            ("scores_without" if postprocess else "scores_with"): _mean_std(summarize_scores(tally.other_scores)),
         },
-        "ctr_agreement": ctr_agreement(ctr_pairs),
+        "ctr_agreement": ctr_agreement(tally.ctr_pairs),
         # summarize skips the images without the value (references with a heart) and NaN
-        "heart_share_of_reference_lung": summarize([p.get("heart_share_of_reference_lung") for p in per_image]),
-        "ctr_predicted_by_source_and_label": _ctr_groups(ctr_predicted, todo),
+        "heart_share_of_reference_lung": summarize([p.get("heart_share_of_reference_lung") for p in tally.per_image]),
+        "ctr_predicted_by_source_and_label": _ctr_groups(tally.ctr_predicted, todo),
     }
     if undersegmentation and labelled:
         labels = {r.id: r.label(task) for r in labelled}
         metrics["undersegmentation"] = undersegmentation_report(
-            {i: f for i, f in lung_fraction.items() if i in labels}, labels
+            {i: f for i, f in tally.lung_fraction.items() if i in labels}, labels
         )
         metrics["undersegmentation"]["lung_area_share"] = {
-            cls: summarize([f for i, f in lung_fraction.items() if labels.get(i) == cls])
+            cls: summarize([f for i, f in tally.lung_fraction.items() if labels.get(i) == cls])
             for cls in sorted(set(labels.values()))
         }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n")
-    if per_image:
-        with (out / "per_image.csv").open("w", newline="") as f:
-            fields = sorted({k for p in per_image for k in p}, key=lambda k: (k.startswith(("jaccard", "dice")), k))
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(per_image)
-    _worst_case_grid(worst_cases, out / "worst_cases.png")
+    _write_outputs(out, metrics, tally)
     return metrics
 
 
-def run_evaluate_segmentation(args: argparse.Namespace) -> int:
-    """CLI handler for ``evaluate-segmentation``; returns the exit code (2: missing model or manifest, bad split)."""
-    from .loading import UnsafeCheckpointError
+@dataclass
+class _Tally:
+    """What :func:`evaluate_segmentation` collects image by image."""
 
+    per_image: list[dict[str, Any]] = field(default_factory=list)
+    scores: list[dict[str, dict[str, float]]] = field(default_factory=list)
+    by_source: dict[str, list[dict[str, dict[str, float]]]] = field(default_factory=lambda: defaultdict(list))
+    lung_fraction: dict[str, float] = field(default_factory=dict)
+    #: every image's CTR from our mask, annotated or not
+    ctr_predicted: dict[str, float] = field(default_factory=dict)
+    worst_cases: list[tuple[float, ManifestRow, np.ndarray, np.ndarray]] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    changed: list[float] = field(default_factory=list)
+    #: the other variant of the same inference: before the clean-up when it is applied, after it when it is not
+    other_scores: list[dict[str, dict[str, float]]] = field(default_factory=list)
+    ctr_pairs: list[tuple[float, float]] = field(default_factory=list)
+
+
+def _score_image(
+    tally: _Tally,
+    model: torch.nn.Module,
+    processor: CXRImageProcessor,
+    row: ManifestRow,
+    postprocess: bool,
+    worst: int,
+) -> None:
+    """Segments one row's image and adds its scores (when it has a mask) and measurements to ``tally``."""
     try:
-        metrics = evaluate_segmentation(
-            args.manifest,
-            args.out,
-            segmentation=args.segmentation,
-            preprocessing=args.preprocessing,
-            split_file=args.split_file,
-            split=args.split,
-            sources=args.source,
-            task=args.task,
-            undersegmentation=args.undersegmentation,
-            limit=args.limit,
-            device=args.device,
-        )
-    except (FileNotFoundError, UnsafeCheckpointError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    brief = {k: metrics[k] for k in ("n", "jaccard", "dice")}
-    print(json.dumps(brief, indent=2))
-    print(f"wrote {Path(args.out) / 'metrics.json'}")
-    return 0
+        image = load_image(row.image)
+    except CXRInputError as exc:
+        tally.failures.append({"id": row.id, "error": str(exc)})
+        return
+    raw = segment(model, processor, [image])[0]
+    cleaned, report = clean_label_map(raw)
+    tally.changed.append(report.changed_fraction)
+    pred, other = (cleaned, raw) if postprocess else (raw, cleaned)
+    tally.lung_fraction[row.id] = _lung_fraction(pred)
+    tally.ctr_predicted[row.id] = float(cardiothoracic_ratio(pred)[0])
+    if row.mask is None:
+        return
+    target = load_label_map(row.mask)
+    if target.shape != pred.shape:
+        tally.failures.append({"id": row.id, "error": f"mask {target.shape} differs from image {pred.shape}"})
+        return
+    structures = ["lung", *row.annotated_structures(target)]
+    if "heart" not in structures:
+        structures.append(CONVENTION_AWARE_LUNG)
+    s = structure_scores(pred, target, structures)
+    tally.scores.append(s)
+    tally.by_source[row.source].append(s)
+    tally.other_scores.append(structure_scores(other, target, structures))
+    ctr = {}
+    if "heart" not in structures:  # a reference without a heart (v7labs polygons include the lung behind it)
+        ctr["heart_share_of_reference_lung"] = heart_share_of_lung(pred, target)
+    if "heart" in structures:  # the reference has a heart: the CTR of our mask against the reference's
+        ctr = {"ctr_predicted": cardiothoracic_ratio(pred)[0], "ctr_reference": cardiothoracic_ratio(target)[0]}
+        if all(np.isfinite(v) for v in ctr.values()):
+            tally.ctr_pairs.append((ctr["ctr_predicted"], ctr["ctr_reference"]))
+    tally.per_image.append(
+        {"id": row.id, "source": row.source, "mask_source": row.mask_source, "label4": row.label4}
+        | {f"jaccard_{k}": round(v, 5) for k, v in s["jaccard"].items()}
+        | {f"dice_{k}": round(v, 5) for k, v in s["dice"].items()}
+        | {k: round(float(v), 5) for k, v in ctr.items()}
+    )
+    tally.worst_cases.append((s["jaccard"]["lung"], row, pred.astype(np.uint8), target))
+    tally.worst_cases = sorted(tally.worst_cases, key=lambda c: c[0])[:worst]
 
 
-def add_parser(subparsers: Any) -> None:
-    """Registers ``evaluate-segmentation`` on the top-level CLI."""
-    p = subparsers.add_parser(
-        "evaluate-segmentation",
-        help="score a segmentation model against a manifest's masks (Jaccard/Dice, worst cases, under-segmentation)",
-    )
-    p.add_argument("--manifest", required=True, help="manifest.csv (or its folder); paths relative to it")
-    p.add_argument("--segmentation", default=DEFAULT_SEGMENTATION, help="Hub folder or repo id (default: %(default)s)")
-    p.add_argument("--out", required=True, help="output folder for metrics.json, per_image.csv, worst_cases.png")
-    p.add_argument(
-        "--preprocessing",
-        choices=("model", "none"),
-        default="model",
-        help="'model': the paper's preprocessing (default); 'none': min-max scaling only (ablation)",
-    )
-    p.add_argument("--split-file", help="split JSON from training/data.py")
-    p.add_argument("--split", help="GROUP:NAME from the split file, e.g. segmentation:val")
-    p.add_argument("--source", action="append", help="only rows of this source (repeatable)")
-    p.add_argument("--task", default="label4", choices=("label4", "label3"), help="classes for under-segmentation")
-    p.add_argument(
-        "--undersegmentation",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also segment labelled rows without masks for the under-segmentation report",
-    )
-    p.add_argument("--limit", type=int, help="evaluate at most this many images (quick checks)")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.set_defaults(func=run_evaluate_segmentation)
+def _mean_std(summary: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
+    return {m: {k: {"mean": v["mean"], "std": v["std"], "n": v["n"]} for k, v in d.items()} for m, d in summary.items()}
+
+
+def _write_outputs(out: Path, metrics: dict[str, Any], tally: _Tally) -> None:
+    """Writes ``metrics.json``, ``per_image.csv`` (when an image was scored) and ``worst_cases.png``."""
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n")
+    if tally.per_image:
+        with (out / "per_image.csv").open("w", newline="") as f:
+            fields = sorted(
+                {k for p in tally.per_image for k in p}, key=lambda k: (k.startswith(("jaccard", "dice")), k)
+            )
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(tally.per_image)
+    _worst_case_grid(tally.worst_cases, out / "worst_cases.png")
