@@ -5,11 +5,14 @@ DICOM) or pick an example, and see the lung/heart segmentation with the K sample
 probabilistic Grad-CAM beside the global model's Grad-CAM (the paper's Fig. 7), the biomarkers and the paper's
 triage idea (Fig. 9) worded as education. Research and education only, not for clinical use.
 
-Only the UI lives here: the Gradio Blocks, :func:`render` (an :class:`~cxr_hub.demo.Analysis` → the components'
-values), the markdown panels, :func:`build_demo` and :func:`main`. Model discovery and loading, the per-image cache,
-parameter checks, summaries, reports and the "How it works" images are in :mod:`cxr_hub.demo` (no Gradio there);
-the science is in :class:`cxr_hub.CXRPipeline`. The engine's names used by the tests are importable from here too.
-Run ``python app.py`` (``--help`` for options).
+Only the UI lives here (the Hugging Face Spaces entry point): the Gradio Blocks, built panel by panel
+(:func:`build_demo`), the event wiring, the upload-session bookkeeping (:class:`SessionUploads`) and :func:`main`.
+Everything else is in :mod:`cxr_hub.demo`, which never imports gradio: model discovery, loading, the per-image cache
+and parameter checks (:mod:`cxr_hub.demo.engine`), the texts and the JSON summary (:mod:`cxr_hub.demo.presenters`),
+the images, the report and :func:`~cxr_hub.demo.outputs.render`, an analysis → the components' values
+(:mod:`cxr_hub.demo.outputs`). The science is in :class:`cxr_hub.CXRPipeline`. The model selector shows the labels of
+:data:`cxr_hub.demo.MODEL_LABELS`; the handlers hand the engine the choice's id. Run ``python app.py`` (``--help`` for
+options).
 
 Errors: :class:`cxr_hub.CXRInputError` and :class:`~cxr_hub.demo.AppInputError` (messages written for the user)
 become ``gr.Error`` without a traceback. An upload that is not a frontal chest X-ray is refused by the pipeline's
@@ -25,85 +28,53 @@ Privacy: only pixels are used; no DICOM header field and no file name is shown, 
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import os
-import re
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import numpy as np
-import pandas as pd
 from gradio.route_utils import delete_files_created_by_app
 from gradio.utils import get_upload_folder
 from PIL import Image
 
 from cxr_hub import LABEL_SETS, CXRInputError, load_image
-from cxr_hub.demo import (
-    COVIDX_MODEL,
-    DISPLAY_SIDE,
+from cxr_hub.demo.discovery import MODEL_CHOICES, MODEL_SPECS, PAPER_MODEL
+from cxr_hub.demo.engine import (
     K_DEFAULT,
     K_MAX,
     K_MIN,
-    MODEL_CHOICES,
-    MODEL_SPECS,
-    PAPER_MODEL,
     PATCH_DEFAULT,
     PATCH_MAX,
     PATCH_MIN,
     PATCH_STEP,
     PREDICTED,
-    REFERENCE_PENDING,
-    SEGMENTATION_ENV,
     UPLOAD_NAME,
-    Analysis,
     AppInputError,
     CXRApp,
-    biomarker_panel,
-    discover_models,
-    display_name,
-    request_timings,
-    saliency_images,
-    steps,
-    summary_dict,
-    triage_text,
-    write_report,
 )
+from cxr_hub.demo.names import LABEL_CHOICES, PAPER_LABEL, model_id
+from cxr_hub.demo.outputs import (
+    CLASS_SORT,
+    CLEARED_SUMMARY,
+    DISPLAY_SIDE,
+    OUTPUT_NAMES,
+    TRAINED,
+    UNTRAINED,
+    cleared_outputs,
+    render,
+    steps,
+)
+from cxr_hub.demo.presenters import example_label, example_rows, input_error_message, model_cards, models_status
 from cxr_hub.io import SUPPORTED_EXTENSIONS
 from cxr_hub.preprocessing import resize_image
-from cxr_hub.visualize import (
-    BOX_COLOUR,
-    LABEL_COLOURS,
-    LABEL_NAMES,
-    annotated_segmentation,
-    display_size,
-    gray_rgb,
-    hex_colour,
-    to_uint8,
-)
+from cxr_hub.visualize import BOX_COLOUR, LABEL_COLOURS, LABEL_NAMES, display_size, hex_colour, to_uint8
 
-__all__ = [  # the UI, plus the engine names re-exported for tests, benchmarks and existing callers
-    "COVIDX_MODEL",
-    "OUTPUT_NAMES",
-    "PAPER_MODEL",
-    "PREDICTED",
-    "REFERENCE_PENDING",
-    "UNTRAINED",
-    "AppInputError",
-    "CXRApp",
-    "SessionUploads",
-    "build_demo",
-    "cleared_outputs",
-    "discover_models",
-    "launch_kwargs",
-    "main",
-    "render",
-    "steps",
-]
+__all__ = ["SessionUploads", "build_demo", "launch_kwargs", "main"]
 
 REPO_ROOT = Path(__file__).resolve().parent
 EXAMPLES_DIR = REPO_ROOT / "examples"
@@ -121,128 +92,7 @@ DISCLAIMER = (
     "used to diagnose, triage or treat anyone."
 )
 
-#: Short names for the bar chart's axis.
-CLASS_SHORT = {
-    "normal": "normal",
-    "bacterial": "bacterial",
-    "tuberculosis": "TB",
-    "viral_covid": "viral/COVID",
-    "pneumonia": "pneumonia",
-    "covid": "COVID-19",
-}
-
-#: Bar order of the vote chart (the classes' index order; Vega-Lite would sort them alphabetically).
-CLASS_SORT = list(dict.fromkeys(CLASS_SHORT[c] for c in (*LABEL_SETS["label4"], *LABEL_SETS["label3"])))
-TRAINED, UNTRAINED = "trained", "untrained (no training images)"
-
-
-# --------------------------------------------------------------------------------------------------------- render
-
-
-def _summary_markdown(a: Analysis) -> str:
-    m, r = a.models, a.result
-    if m.mode == "no_models":
-        return (
-            "### No segmentation model could be loaded\n"
-            "This app needs at least the lung/heart segmentation model (`models/cxr-lung-seg-fcdensenet103` in the "
-            f"repository, or `{SEGMENTATION_ENV}`), and none could be loaded here, so nothing is analysed: the image "
-            "above is shown as loaded. Untrained (random) weights are never used to produce a result."
-            + "".join(f"\n- {e}" for e in m.errors)
-        )
-    if r is None:
-        return (
-            "### No classifier loaded\n"
-            f"The {m.sources.choice}'s classifier was not found or could not be loaded (see *Which models are "
-            "loaded*), so this app does **not** classify the image: no vote, no probabilities and no saliency map "
-            f"(random weights are never used). What you see is real: the segmentation, where the K = {a.k} patches "
-            f"of {a.patch_size} px would be taken (same seed → same patches), and the biomarkers."
-        )
-    n = r.k
-    untrained = m.untrained_classes
-    lines = [f"### Majority vote: **{display_name(r.label, untrained)}** — {r.votes[r.label]} of {n} patches"]
-    lines.append(
-        " · ".join(
-            f"{display_name(c, untrained)}: {r.votes[c]} ({r.vote_fraction[c]:.0%})"
-            for c in r.class_names
-            if c in r.votes
-        )
-    )
-    if r.global_label is not None:
-        lines.append(f"Global (whole-image) model: **{display_name(r.global_label, untrained)}**.")
-    if untrained:
-        lines.append(
-            f"**Never trained (no images):** {', '.join(display_name(c) for c in untrained)} — votes for it are "
-            "meaningless."
-        )
-    return "\n\n".join(lines)
-
-
-def _biomarkers_markdown(a: Analysis) -> str:
-    if a.prepared is None:
-        return "Biomarkers need the segmentation model (not shipped yet)."
-    # ours and the paper's per-class values, in the paper's units: built by the engine (cxr_hub.demo), no Gradio
-    return biomarker_panel(a.prepared.biomarkers)
-
-
-def _details_markdown(a: Analysis) -> str:
-    m = a.models
-    device = str(m.pipeline.device) if m.pipeline is not None else "—"
-    parts = [f"**Device:** {device}"]
-    if m.pipeline is not None:
-        parts.append("**segmentation:** " + ("reused from the cache" if a.cache_hit else "computed for this image"))
-    timings = request_timings(a)
-    parts.append("**timings (ms):** " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
-    text = " · ".join(parts)
-    warnings = list(dict.fromkeys(a.warnings))
-    if warnings:
-        text += "\n\n**Warnings from the pipeline:**\n" + "\n".join(f"- {w}" for w in warnings)
-    return text
-
-
-def _votes_frame(a: Analysis) -> pd.DataFrame | None:
-    r = a.result
-    if r is None:
-        return None
-    untrained = a.models.untrained_classes
-    return pd.DataFrame(
-        {
-            "class": [CLASS_SHORT.get(c, c) for c in r.class_names],
-            "votes": [r.votes[c] for c in r.class_names],
-            "training": [UNTRAINED if c in untrained else TRAINED for c in r.class_names],
-        }
-    )
-
-
-def render(a: Analysis, engine: CXRApp) -> tuple:
-    """The UI outputs of an analysis, in :data:`OUTPUT_NAMES` order (without the session state)."""
-    if a.prepared is not None:
-        seg = annotated_segmentation(a.image, a.prepared.label_map, a.boxes, DISPLAY_SIDE)
-    else:
-        seg = (gray_rgb(a.image, display_size(a.image.shape[:2], DISPLAY_SIDE)).astype(np.uint8), [])
-    frame = _votes_frame(a)
-    fractions = None
-    if a.result is not None:
-        untrained = a.models.untrained_classes
-        fractions = {display_name(c, untrained): f for c, f in a.result.vote_fraction.items()}
-    patch_cam, global_cam, _ = saliency_images(a)
-    summary = summary_dict(a)
-    report = write_report(a, engine, patch_cam, global_cam) if a.prepared is not None else None
-    return (
-        _summary_markdown(a),
-        seg,
-        frame,
-        fractions,
-        patch_cam,
-        global_cam,
-        _biomarkers_markdown(a),
-        triage_text(a),
-        _details_markdown(a),
-        summary,
-        report,
-    )
-
-
-# ------------------------------------------------------------------------------------------------------------- UI
+# ----------------------------------------------------------------------------------------------------------- texts
 
 HOW_IT_WORKS = """
 The paper (Oh, Park & Ye, *IEEE TMI* 2020) asks how to learn COVID-19 features from **few** chest X-rays. Its
@@ -288,92 +138,6 @@ result = outputs[9]  # the JSON summary: label, votes, vote_fraction, biomarkers
 ```
 """
 
-OUTPUT_NAMES = (
-    "summary",
-    "segmentation",
-    "votes_plot",
-    "vote_fractions",
-    "probabilistic_gradcam",
-    "global_gradcam",
-    "biomarkers",
-    "triage",
-    "details",
-    "result",
-    "report",
-)
-
-
-#: What the summary says while an analysis runs, or after a refusal (the error itself is shown by Gradio).
-CLEARED_SUMMARY = "Choose an image and press **Analyse**."
-
-
-def cleared_outputs() -> tuple:
-    """Empty values for every output of :data:`OUTPUT_NAMES` plus the session state: shown when a new image is
-    chosen and before each analysis, so an error (a refused upload) never leaves the previous image's result."""
-    return (CLEARED_SUMMARY, *([None] * (len(OUTPUT_NAMES) - 1)), None)
-
-
-def _example_rows() -> list[dict[str, str]]:
-    path = EXAMPLES_DIR / "examples.csv"
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if (EXAMPLES_DIR / r["file"]).is_file()]
-    # one per class, in the order a teacher would show them
-    order = {"normal": 0, "bacterial": 1, "pneumonia": 2, "covid": 3}
-    return sorted(rows, key=lambda r: order.get(r.get("label4") or r.get("label3") or "", 9))
-
-
-def _example_label(row: Mapping[str, str]) -> str:
-    """ "Finding — collection (licence)" from a row of ``examples/examples.csv``."""
-    source = {"nih": "NIH ChestX-ray14", "cohen": "COVID-19 image data collection (Cohen et al.)"}.get(
-        row["source"], row["source"]
-    )
-    licence = row["license"].split(": ", 1)[-1]  # "NIH ChestX-ray14: public, ..." → "public, ..."
-    return f"{row['finding']} — {source}, {licence}"
-
-
-def _models_status(engine: CXRApp) -> str:
-    lines = []
-    for choice in MODEL_CHOICES:
-        s = engine.sources(choice)
-        # plain words, no emoji: headless browsers and many school computers have no emoji font
-        seg = "segmentation: available" if s.segmentation else "segmentation: **not found**"
-        clf = "classifier: available" if s.classifier else "classifier: **not found** (no vote, no saliency)"
-        glob = ""
-        if MODEL_SPECS[choice].global_env:
-            glob = " · global model: " + ("available" if s.global_classifier else "**not found**")
-        lines.append(f"- **{choice}:** {seg} · {clf}{glob}")
-        lines.extend(f"  - problem: {n}" for n in s.notes)
-    if not any(engine.sources(c).segmentation for c in MODEL_CHOICES):
-        lines.insert(0, "**No segmentation model found.** The app starts and explains; it analyses nothing.")
-    return "\n".join(lines)
-
-
-def _model_cards(engine: CXRApp) -> str:
-    parts = []
-    seen: set[str] = set()
-    for choice in MODEL_CHOICES:
-        s = engine.sources(choice)
-        for role, src in (
-            ("segmentation", s.segmentation),
-            ("classifier", s.classifier),
-            ("global", s.global_classifier),
-        ):
-            if src is None or src in seen:
-                continue
-            seen.add(src)
-            card = Path(src) / "README.md"
-            text = card.read_text() if card.is_file() else f"No local model card; see the model's Hub page `{src}`."
-            text = re.sub(r"\A---\n.*?\n---\n", "", text, flags=re.S)  # Hub YAML front matter is not for people
-            parts.append(f"<details><summary><b>{role}: {src}</b></summary>\n\n{text}\n\n</details>")
-    if not parts:
-        parts.append(
-            "No model is loaded here, so there is no model card to show. The cards (intended use, training data, "
-            "measured metrics, limitations) come with the weights in `models/<name>/README.md`."
-        )
-    return "\n\n".join(parts)
-
 
 class SessionUploads:
     """Files uploaded in each browser session, deleted when that session ends (its tab is closed or reloaded).
@@ -413,12 +177,24 @@ class SessionUploads:
         return deleted
 
 
-def build_demo(engine: CXRApp | None = None) -> gr.Blocks:
-    """Builds the Gradio UI around an engine (default: models from ``models/`` and the environment)."""
-    engine = engine or CXRApp()
-    examples = _example_rows()
+# ------------------------------------------------------------------------------------------------------ handlers
+
+
+@dataclass(frozen=True)
+class Handlers:
+    """The UI's event handlers around one engine. Their ``__name__`` is what Gradio's API page and the tests see."""
+
+    analyze: Callable[..., tuple]
+    analyze_live: Callable[..., tuple]
+    preview: Callable[..., Image.Image | None]
+    class_choices: Callable[[str], gr.Dropdown]
+    end_session: Callable[..., None]
+    explain: Callable[[str | None], tuple[list, str]]
+
+
+def make_handlers(engine: CXRApp, uploads: SessionUploads) -> Handlers:
+    """The event handlers of :func:`build_demo`: the analysis, its live re-runs, the preview, the session's end."""
     outputs_count = len(OUTPUT_NAMES)
-    uploads = SessionUploads(get_upload_folder())
 
     def analyze(
         image: str | None, model: str, k: float, patch_size: float, seed: float | None, saliency_class: str | None
@@ -434,11 +210,12 @@ def build_demo(engine: CXRApp | None = None) -> gr.Blocks:
             saliency_class: "predicted class" or a class name of the model.
         """
         try:
-            a = engine.analyze(image, model, k, patch_size, seed, saliency_class)
+            # the selector and the API send the model's label; the engine knows the choice by its id
+            a = engine.analyze(image, model_id(model), k, patch_size, seed, saliency_class)
             return (*render(a, engine), a.id)
         except (CXRInputError, AppInputError) as exc:
             # the message is written for the user; a traceback would only leak internals
-            raise gr.Error(str(exc), print_exception=False) from None
+            raise gr.Error(input_error_message(exc, model), print_exception=False) from None
 
     def analyze_live(*args: Any) -> tuple:
         if not args[0]:  # a control moved before any image was chosen: nothing to update
@@ -456,7 +233,7 @@ def build_demo(engine: CXRApp | None = None) -> gr.Blocks:
         return Image.fromarray(to_uint8(resize_image(pixels, display_size(pixels.shape, DISPLAY_SIDE))))
 
     def class_choices(model: str) -> gr.Dropdown:
-        names = list(LABEL_SETS[MODEL_SPECS[model].label_set])
+        names = list(LABEL_SETS[MODEL_SPECS[model_id(model)].label_set])
         return gr.Dropdown(choices=[PREDICTED, *names], value=PREDICTED)
 
     def end_session(request: gr.Request | None = None) -> None:
@@ -465,160 +242,230 @@ def build_demo(engine: CXRApp | None = None) -> gr.Blocks:
     def explain(analysis_id: str | None) -> tuple[list, str]:
         return steps(engine.results.get(analysis_id) if analysis_id else None)
 
+    return Handlers(analyze, analyze_live, preview, class_choices, end_session, explain)
+
+
+# -------------------------------------------------------------------------------------------------------- panels
+
+
+@dataclass(frozen=True)
+class Controls:
+    """The Analyse tab's inputs."""
+
+    image: gr.File
+    preview: gr.Image
+    model: gr.Radio
+    k: gr.Slider
+    patch_size: gr.Slider
+    seed: gr.Number
+    saliency_class: gr.Dropdown
+    run: gr.Button
+
+    @property
+    def inputs(self) -> list[gr.components.Component]:
+        """The analysis' inputs, in the handler's argument order."""
+        return [self.image, self.model, self.k, self.patch_size, self.seed, self.saliency_class]
+
+
+@dataclass(frozen=True)
+class HowItWorks:
+    """The "How it works" tab and its two outputs."""
+
+    tab: gr.Tab
+    note: gr.Markdown
+    gallery: gr.Gallery
+
+
+def header(engine: CXRApp) -> None:
+    """Title, disclaimer and the *Which models are loaded* accordion (open when no classifier was found)."""
+    gr.Markdown(
+        "# cxr-hub — patch-based COVID-19 features on chest X-rays\n"
+        "After *Deep Learning COVID-19 Features on CXR using Limited Training Data Sets* (Oh, Park, Ye, IEEE TMI "
+        f"2020).\n\n> {DISCLAIMER}"
+    )
+    with gr.Accordion("Which models are loaded", open=not any(engine.sources(c).classifier for c in MODEL_CHOICES)):
+        gr.Markdown(models_status(engine), elem_id="model-status")
+
+
+def controls_panel(examples: list[dict[str, str]]) -> Controls:
+    """The Analyse tab's left column: upload, preview, model, K, patch size, seed, saliency class, examples."""
+    with gr.Column(scale=1, min_width=320):
+        image_in = gr.File(
+            label="Chest X-ray (PNG, JPEG or DICOM)",
+            file_types=list(SUPPORTED_EXTENSIONS),
+            type="filepath",
+            elem_id="image-input",
+        )
+        preview_img = gr.Image(label="Input", interactive=False, height=260, format="jpeg", elem_id="preview")
+        model_in = gr.Radio(list(LABEL_CHOICES), value=PAPER_LABEL, label="Model", elem_id="model")
+        k_in = gr.Slider(K_MIN, K_MAX, value=K_DEFAULT, step=1, label="K: patches", elem_id="k-slider")
+        patch_in = gr.Slider(
+            PATCH_MIN,
+            PATCH_MAX,
+            value=PATCH_DEFAULT,
+            step=PATCH_STEP,
+            label="Patch size (px)",
+            elem_id="patch-slider",
+        )
+        seed_in = gr.Number(value=0, precision=0, minimum=0, label="Seed (press Enter)", elem_id="seed")
+        class_in = gr.Dropdown(
+            [PREDICTED, *LABEL_SETS[MODEL_SPECS[PAPER_MODEL].label_set]],
+            value=PREDICTED,
+            label="Saliency for class",
+            allow_custom_value=True,  # API callers may name the 3-class model's classes
+            elem_id="saliency-class",
+        )
+        run_btn = gr.Button("Analyse", variant="primary", elem_id="analyse-button")
+        if examples:
+            gr.Examples(
+                examples=[[str(EXAMPLES_DIR / r["file"]), str(EXAMPLES_DIR / r["file"])] for r in examples],
+                inputs=[image_in, preview_img],
+                label="Examples (real X-rays; click one, then Analyse)",
+                visible_columns=[1],
+                examples_per_page=8,
+            )
+            gr.Markdown(
+                "Example images: "
+                + "; ".join(f"{i + 1}. {example_label(r)}" for i, r in enumerate(examples))
+                + ". Full attribution in the **About** tab and `examples/README.md`.",
+                elem_id="example-credits",
+            )
+    return Controls(image_in, preview_img, model_in, k_in, patch_in, seed_in, class_in, run_btn)
+
+
+def results_panel() -> dict[str, gr.components.Component]:
+    """The Analyse tab's right column; returns its components by output name (:data:`OUTPUT_NAMES`)."""
     colour_map = {name: hex_colour(LABEL_COLOURS[label]) for label, name in LABEL_NAMES.items()}
     colour_map["sampled patches"] = hex_colour(BOX_COLOUR)
+    out: dict[str, gr.components.Component] = {}
+    with gr.Column(scale=2):
+        out["summary"] = gr.Markdown(CLEARED_SUMMARY, elem_id="summary")
+        with gr.Row():
+            out["segmentation"] = gr.AnnotatedImage(
+                label="Segmentation and sampled patches",
+                color_map=colour_map,
+                height=420,
+                format="jpeg",  # the gray base image; Gradio writes the masks as PNG (they need alpha)
+                elem_id="segmentation",
+            )
+            with gr.Column():
+                out["votes_plot"] = gr.BarPlot(
+                    x="class",
+                    y="votes",
+                    color="training",
+                    color_map={TRAINED: "#6366f1", UNTRAINED: "#b0b0b0"},
+                    sort=CLASS_SORT,
+                    title="Votes of the K patches",
+                    height=220,
+                    elem_id="votes-plot",
+                )
+                out["vote_fractions"] = gr.Label(label="Vote fractions", elem_id="vote-fractions")
+        with gr.Row():
+            out["probabilistic_gradcam"] = gr.Image(
+                label="Probabilistic Grad-CAM (patches, eq. 5)", height=340, format="jpeg", elem_id="patch-cam"
+            )
+            out["global_gradcam"] = gr.Image(
+                label="Global model's Grad-CAM (Fig. 7)", height=340, format="jpeg", elem_id="global-cam"
+            )
+        out["biomarkers"] = gr.Markdown(elem_id="biomarkers")
+        out["triage"] = gr.Markdown(elem_id="triage")
+        out["details"] = gr.Markdown(elem_id="details")
+        out["report"] = gr.File(label="Report (JSON + PNG)", file_count="multiple", elem_id="report")
+        with gr.Accordion("Result as JSON", open=False):
+            out["result"] = gr.JSON(elem_id="result-json")
+    assert set(out) == set(OUTPUT_NAMES), "every output of render() needs its component"
+    return out
 
+
+def how_it_works_tab() -> HowItWorks:
+    """The method in words, and the last analysed image step by step."""
+    with gr.Tab("How it works", id="how") as tab:
+        gr.Markdown(HOW_IT_WORKS)
+        note = gr.Markdown("Analyse an image first; its intermediate images will appear here.")
+        gallery = gr.Gallery(label="This image, step by step", columns=3, height="auto", elem_id="steps")
+    return HowItWorks(tab, note, gallery)
+
+
+def about_tab(engine: CXRApp) -> None:
+    """Disclaimer, privacy, the model cards, the API example, the examples' attribution and the citation."""
+    with gr.Tab("About", id="about"):
+        gr.Markdown(
+            f"## Disclaimer\n{DISCLAIMER} The models were trained on small public data sets with known biases "
+            "(see the model cards); their outputs are illustrations of a research method.\n\n"
+            "## Privacy\nOnly the image's pixels are used. DICOM header fields (names, IDs, dates) and file names "
+            "are never shown, logged or written to a report. Uploads are deleted from the server when you close "
+            "this tab, and after about 15 minutes at the latest; the analysis cache keeps derived arrays in "
+            "memory only.\n\n"
+            "## Model cards\n" + model_cards(engine) + "\n\n## Use it from Python\n" + API_EXAMPLE
+        )
+        credits = EXAMPLES_DIR / "README.md"
+        if credits.is_file():
+            gr.Markdown("## Example images\n" + credits.read_text().split("\n", 1)[1])
+        gr.Markdown(
+            "## Citation\nY. Oh, S. Park, J. C. Ye, *Deep Learning COVID-19 Features on CXR Using Limited Training "
+            "Data Sets*, IEEE Transactions on Medical Imaging 39(8):2688–2700, 2020, doi:10.1109/TMI.2020.2993291."
+        )
+
+
+# -------------------------------------------------------------------------------------------------------- wiring
+
+
+def wire_events(
+    blocks: gr.Blocks,
+    handlers: Handlers,
+    controls: Controls,
+    outputs: list[gr.components.Component],
+    how: HowItWorks,
+    last: gr.State,
+) -> None:
+    """Connects the events. ``outputs``: the components of :data:`OUTPUT_NAMES`, then the session state ``last``.
+
+    Clearing runs first on the Analyse click and whenever another image is chosen: a refused image raises
+    ``gr.Error``, which would otherwise leave the previous image's outputs on screen.
+    """
+    c = controls
+    # one shared concurrency slot for every computing event (per-listener limits would allow parallel runs)
+    common = {"concurrency_id": "analysis", "concurrency_limit": CONCURRENCY_LIMIT}
+    c.run.click(cleared_outputs, None, outputs, api_visibility="private", queue=False).then(
+        handlers.analyze, c.inputs, outputs, api_name="analyze", **common
+    )
+    c.image.change(cleared_outputs, None, outputs, api_visibility="private", queue=False)
+    gr.on(
+        [c.k.release, c.patch_size.release, c.seed.submit, c.saliency_class.input],
+        handlers.analyze_live,
+        c.inputs,
+        outputs,
+        api_visibility="private",
+        trigger_mode="always_last",
+        show_progress="minimal",
+        **common,
+    )
+    c.model.input(handlers.class_choices, c.model, c.saliency_class, api_visibility="private").then(
+        handlers.analyze_live, c.inputs, outputs, api_visibility="private", trigger_mode="always_last", **common
+    )
+    c.image.upload(handlers.preview, c.image, c.preview, api_visibility="private")
+    c.image.clear(lambda: None, None, c.preview, api_visibility="private")
+    how.tab.select(handlers.explain, last, [how.gallery, how.note], api_visibility="private", **common)
+    blocks.unload(handlers.end_session)
+
+
+def build_demo(engine: CXRApp | None = None) -> gr.Blocks:
+    """Builds the Gradio UI around an engine (default: models from ``models/`` and the environment)."""
+    engine = engine or CXRApp()
+    handlers = make_handlers(engine, SessionUploads(get_upload_folder()))
     with gr.Blocks(
         title="cxr-hub: COVID-19 features on chest X-rays", analytics_enabled=False, delete_cache=DELETE_CACHE
-    ) as demo:
+    ) as blocks:
         last = gr.State(None)
-        gr.Markdown(
-            "# cxr-hub — patch-based COVID-19 features on chest X-rays\n"
-            "After *Deep Learning COVID-19 Features on CXR using Limited Training Data Sets* (Oh, Park, Ye, IEEE TMI "
-            f"2020).\n\n> {DISCLAIMER}"
-        )
-        with gr.Accordion("Which models are loaded", open=not any(engine.sources(c).classifier for c in MODEL_CHOICES)):
-            gr.Markdown(_models_status(engine), elem_id="model-status")
+        header(engine)
         with gr.Tab("Analyse", id="analyse"), gr.Row():
-            with gr.Column(scale=1, min_width=320):
-                image_in = gr.File(
-                    label="Chest X-ray (PNG, JPEG or DICOM)",
-                    file_types=list(SUPPORTED_EXTENSIONS),
-                    type="filepath",
-                    elem_id="image-input",
-                )
-                preview_img = gr.Image(label="Input", interactive=False, height=260, format="jpeg", elem_id="preview")
-                model_in = gr.Radio(list(MODEL_CHOICES), value=PAPER_MODEL, label="Model", elem_id="model")
-                k_in = gr.Slider(K_MIN, K_MAX, value=K_DEFAULT, step=1, label="K: patches", elem_id="k-slider")
-                patch_in = gr.Slider(
-                    PATCH_MIN,
-                    PATCH_MAX,
-                    value=PATCH_DEFAULT,
-                    step=PATCH_STEP,
-                    label="Patch size (px)",
-                    elem_id="patch-slider",
-                )
-                seed_in = gr.Number(value=0, precision=0, minimum=0, label="Seed (press Enter)", elem_id="seed")
-                class_in = gr.Dropdown(
-                    [PREDICTED, *LABEL_SETS["label4"]],
-                    value=PREDICTED,
-                    label="Saliency for class",
-                    allow_custom_value=True,  # API callers may name the 3-class model's classes
-                    elem_id="saliency-class",
-                )
-                run_btn = gr.Button("Analyse", variant="primary", elem_id="analyse-button")
-                if examples:
-                    gr.Examples(
-                        examples=[[str(EXAMPLES_DIR / r["file"]), str(EXAMPLES_DIR / r["file"])] for r in examples],
-                        inputs=[image_in, preview_img],
-                        label="Examples (real X-rays; click one, then Analyse)",
-                        visible_columns=[1],
-                        examples_per_page=8,
-                    )
-                    gr.Markdown(
-                        "Example images: "
-                        + "; ".join(f"{i + 1}. {_example_label(r)}" for i, r in enumerate(examples))
-                        + ". Full attribution in the **About** tab and `examples/README.md`.",
-                        elem_id="example-credits",
-                    )
-            with gr.Column(scale=2):
-                summary_out = gr.Markdown(CLEARED_SUMMARY, elem_id="summary")
-                with gr.Row():
-                    seg_out = gr.AnnotatedImage(
-                        label="Segmentation and sampled patches",
-                        color_map=colour_map,
-                        height=420,
-                        format="jpeg",  # the gray base image; Gradio writes the masks as PNG (they need alpha)
-                        elem_id="segmentation",
-                    )
-                    with gr.Column():
-                        votes_plot = gr.BarPlot(
-                            x="class",
-                            y="votes",
-                            color="training",
-                            color_map={TRAINED: "#6366f1", UNTRAINED: "#b0b0b0"},
-                            sort=CLASS_SORT,
-                            title="Votes of the K patches",
-                            height=220,
-                            elem_id="votes-plot",
-                        )
-                        fractions_out = gr.Label(label="Vote fractions", elem_id="vote-fractions")
-                with gr.Row():
-                    patch_cam_out = gr.Image(
-                        label="Probabilistic Grad-CAM (patches, eq. 5)", height=340, format="jpeg", elem_id="patch-cam"
-                    )
-                    global_cam_out = gr.Image(
-                        label="Global model's Grad-CAM (Fig. 7)", height=340, format="jpeg", elem_id="global-cam"
-                    )
-                biomarkers_out = gr.Markdown(elem_id="biomarkers")
-                triage_out = gr.Markdown(elem_id="triage")
-                details_out = gr.Markdown(elem_id="details")
-                report_out = gr.File(label="Report (JSON + PNG)", file_count="multiple", elem_id="report")
-                with gr.Accordion("Result as JSON", open=False):
-                    result_out = gr.JSON(elem_id="result-json")
-        with gr.Tab("How it works", id="how") as how_tab:
-            gr.Markdown(HOW_IT_WORKS)
-            steps_note = gr.Markdown("Analyse an image first; its intermediate images will appear here.")
-            steps_gallery = gr.Gallery(label="This image, step by step", columns=3, height="auto", elem_id="steps")
-        with gr.Tab("About", id="about"):
-            gr.Markdown(
-                f"## Disclaimer\n{DISCLAIMER} The models were trained on small public data sets with known biases "
-                "(see the model cards); their outputs are illustrations of a research method.\n\n"
-                "## Privacy\nOnly the image's pixels are used. DICOM header fields (names, IDs, dates) and file names "
-                "are never shown, logged or written to a report. Uploads are deleted from the server when you close "
-                "this tab, and after about 15 minutes at the latest; the analysis cache keeps derived arrays in "
-                "memory only.\n\n"
-                "## Model cards\n" + _model_cards(engine) + "\n\n## Use it from Python\n" + API_EXAMPLE
-            )
-            credits = EXAMPLES_DIR / "README.md"
-            if credits.is_file():
-                gr.Markdown("## Example images\n" + credits.read_text().split("\n", 1)[1])
-            gr.Markdown(
-                "## Citation\nY. Oh, S. Park, J. C. Ye, *Deep Learning COVID-19 Features on CXR Using Limited Training "
-                "Data Sets*, IEEE Transactions on Medical Imaging 39(8):2688–2700, 2020, doi:10.1109/TMI.2020.2993291."
-            )
-
-        inputs = [image_in, model_in, k_in, patch_in, seed_in, class_in]
-        outputs = [
-            summary_out,
-            seg_out,
-            votes_plot,
-            fractions_out,
-            patch_cam_out,
-            global_cam_out,
-            biomarkers_out,
-            triage_out,
-            details_out,
-            result_out,
-            report_out,
-            last,
-        ]
-        # one shared concurrency slot for every computing event (per-listener limits would allow parallel runs)
-        common = {"concurrency_id": "analysis", "concurrency_limit": CONCURRENCY_LIMIT}
-        # clear first: a refused image raises gr.Error, which would otherwise leave the previous image's outputs
-        run_btn.click(cleared_outputs, None, outputs, api_visibility="private", queue=False).then(
-            analyze, inputs, outputs, api_name="analyze", **common
-        )
-        image_in.change(cleared_outputs, None, outputs, api_visibility="private", queue=False)
-        gr.on(
-            [k_in.release, patch_in.release, seed_in.submit, class_in.input],
-            analyze_live,
-            inputs,
-            outputs,
-            api_visibility="private",
-            trigger_mode="always_last",
-            show_progress="minimal",
-            **common,
-        )
-        model_in.input(class_choices, model_in, class_in, api_visibility="private").then(
-            analyze_live, inputs, outputs, api_visibility="private", trigger_mode="always_last", **common
-        )
-        image_in.upload(preview, image_in, preview_img, api_visibility="private")
-        image_in.clear(lambda: None, None, preview_img, api_visibility="private")
-        how_tab.select(explain, last, [steps_gallery, steps_note], api_visibility="private", **common)
-        demo.unload(end_session)
-    demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=CONCURRENCY_LIMIT)
-    return demo
+            controls = controls_panel(example_rows(EXAMPLES_DIR))
+            results = results_panel()
+        how = how_it_works_tab()
+        about_tab(engine)
+        wire_events(blocks, handlers, controls, [*(results[name] for name in OUTPUT_NAMES), last], how, last)
+    blocks.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=CONCURRENCY_LIMIT)
+    return blocks
 
 
 def launch_kwargs() -> dict[str, Any]:

@@ -77,18 +77,20 @@ def measure(app: Any, env: dict[str, str] | None, models_dir: Path | None, examp
     """Times first analyses and K=100 slider changes through the app's ``analyze`` handler for one model set."""
     import statistics
 
+    from cxr_hub.demo import OUTPUT_NAMES, PAPER_LABEL, PAPER_MODEL, PREDICTED, CXRApp
+
     t = time.perf_counter()
-    engine = app.CXRApp(env, models_dir)
-    loaded = engine.models(app.PAPER_MODEL)
+    engine = CXRApp(env, models_dir)
+    loaded = engine.models(PAPER_MODEL)
     load_s = time.perf_counter() - t
     demo = app.build_demo(engine)
     analyze = next(f.fn for f in demo.fns.values() if f.api_name == "analyze")
 
     def call(image: Path, k: int) -> tuple[float, float, dict]:
         start = time.perf_counter()
-        out = analyze(str(image), app.PAPER_MODEL, k, 224, 0, app.PREDICTED)
+        out = analyze(str(image), PAPER_LABEL, k, 224, 0, PREDICTED)  # the handler takes the UI's label
         handler = time.perf_counter() - start
-        return handler, encode_ms(demo, out[: len(app.OUTPUT_NAMES)]) / 1e3, out[9]
+        return handler, encode_ms(demo, out[: len(OUTPUT_NAMES)]) / 1e3, out[9]
 
     call(examples[-1], 100)  # warm-up: oneDNN kernels, matplotlib colour maps, first allocations
     first, first_enc, slider, slider_enc, stages = [], [], [], [], []
@@ -130,13 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import app
+    from cxr_hub.demo import PAPER_MODEL, discover_models
 
     load_start = os.getloadavg()
     examples = sorted((REPO_ROOT / "examples").glob("*.jpg"))
     if len(examples) < 2:
         print("need at least two example images in examples/", file=sys.stderr)
         return 2
-    shipped = app.discover_models(app.PAPER_MODEL)
+    shipped = discover_models(PAPER_MODEL)
     tmp = tempfile.TemporaryDirectory(prefix="bench_app_")
     env: dict[str, str] | None = None  # None: the app's own discovery (models/ and CXR_HUB_* variables)
     models_dir = None

@@ -1,5 +1,5 @@
-"""The demo: its engine (``cxr_hub.demo``: model discovery, honest modes, caching, errors) and its Gradio UI
-(``app.py``: rendering, ``gr.Error``, and a gradio_client end-to-end run).
+"""The demo: its library code (``cxr_hub.demo``: model discovery, honest modes, caching, errors, the outputs of an
+analysis) and its Gradio UI (``app.py``: the wiring, ``gr.Error``, and a gradio_client end-to-end run).
 
 Tiny random models are saved with ``save_pretrained`` into temporary folders and handed to the app through the
 same environment variables a deployment uses; the UI then shows their (meaningless) outputs, which is what these
@@ -22,6 +22,9 @@ from conftest import REPO_ROOT
 from test_io import make_dicom
 
 from cxr_hub import demo
+from cxr_hub.demo.names import PAPER_LABEL
+from cxr_hub.demo.outputs import CLEARED_SUMMARY, OUTPUT_NAMES, UNTRAINED, cleared_outputs, render
+from cxr_hub.demo.presenters import models_status
 from cxr_hub.pipeline import NoClassifierError
 
 gr = pytest.importorskip("gradio")
@@ -113,7 +116,7 @@ def full_app(tiny_models, empty_models_dir) -> demo.CXRApp:
 
 def named(outputs: tuple) -> dict:
     """UI outputs by name (the session state, when present, is dropped)."""
-    return dict(zip(app.OUTPUT_NAMES, outputs[: len(app.OUTPUT_NAMES)], strict=True))
+    return dict(zip(OUTPUT_NAMES, outputs[: len(OUTPUT_NAMES)], strict=True))
 
 
 def handler(blocks: gr.Blocks, api_name: str = "analyze"):
@@ -144,17 +147,69 @@ def test_discover_models_defaults_env_and_repo_ids(tmp_path: Path, tiny_models) 
         demo.discover_models("GPT", {}, models_dir)
 
 
-def test_engine_needs_no_gradio_and_app_reexports_it() -> None:
-    """``cxr_hub.demo`` is library code: it imports without gradio and pandas (the ``app`` extra)."""
+#: ``__all__`` of ``cxr_hub/demo.py`` when the demo's library code was one module: the package keeps every name.
+OLD_DEMO_ALL = (
+    "COVIDX_MODEL",
+    "MODEL_CHOICES",
+    "MODEL_SPECS",
+    "PAPER_MODEL",
+    "PREDICTED",
+    "Analysis",
+    "AppInputError",
+    "CXRApp",
+    "LRUCache",
+    "LoadedModels",
+    "ModelSources",
+    "ModelSpec",
+    "biomarker_panel",
+    "discover_models",
+    "display_name",
+    "format_number",
+    "pixel_hash",
+    "request_timings",
+    "saliency_images",
+    "steps",
+    "summary_dict",
+    "triage_text",
+    "write_report",
+)
+
+
+def test_engine_needs_no_gradio_and_old_names_still_import() -> None:
+    """``cxr_hub.demo`` is library code: it imports without gradio and pandas (the ``app`` extra), every name of the
+    old single module is still importable from it, and ``app.py`` (only the UI) re-exports none of them."""
     code = (
         "import sys; sys.modules['gradio'] = None; sys.modules['pandas'] = None\n"
         "import cxr_hub.demo as d; e = d.CXRApp({}, d.MODELS_DIR / 'does-not-exist', device='cpu')\n"
-        "assert e.models(d.PAPER_MODEL).mode == 'no_models'"
+        "assert e.models(d.PAPER_MODEL).mode == 'no_models'\n"
+        "from cxr_hub.demo import *  # noqa\n"
+        "from cxr_hub.demo import biomarker_reference, discovery, engine, names, outputs, presenters"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    for name in ("CXRApp", "discover_models", "PAPER_MODEL", "COVIDX_MODEL", "PREDICTED", "AppInputError", "steps"):
-        assert getattr(app, name) is getattr(demo, name)
+    assert set(OLD_DEMO_ALL) <= set(demo.__all__)
+    for name in demo.__all__:
+        assert getattr(demo, name) is not None, name
+    assert callable(demo.biomarker_panel)  # the function, not its module
+    assert set(app.__all__) == {"SessionUploads", "build_demo", "launch_kwargs", "main"}
+
+
+def test_the_engine_knows_models_by_id_and_the_ui_by_label(full_app: demo.CXRApp) -> None:
+    """The engine's keys are the label-set ids; labels are only what the UI, the API, the summary and report show."""
+    assert demo.MODEL_CHOICES == ("label4", "label3") == tuple(demo.MODEL_SPECS)
+    assert demo.LABEL_CHOICES == ("Paper 4-class model", "COVIDx 3-class model")
+    assert not set(demo.LABEL_CHOICES) & set(demo.MODEL_SPECS)
+    assert [demo.model_id(demo.model_label(c)) for c in demo.MODEL_CHOICES] == list(demo.MODEL_CHOICES)
+    assert demo.model_id("label4") is None and demo.model_id(["Paper 4-class model"]) is None
+    with pytest.raises(demo.UnknownModelError, match="Unknown model 'Paper 4-class model'; choose one of: label4"):
+        full_app.analyze(str(EXAMPLE), PAPER_LABEL, k=5)
+    a = full_app.analyze(str(EXAMPLE), demo.COVIDX_MODEL, k=5)
+    assert a.models.sources.choice == "label3" and demo.summary_dict(a)["model_choice"] == "COVIDx 3-class model"
+    assert "(model: COVIDx 3-class model," in demo.steps(a)[1]
+    blocks = app.build_demo(full_app)
+    radio = next(b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == "model")
+    assert [value for _, value in radio.choices] == list(demo.LABEL_CHOICES) and radio.value == PAPER_LABEL
+    assert "**Paper 4-class model:**" in models_status(full_app)
 
 
 # -------------------------------------------------------------------------------------------------- honest modes
@@ -163,14 +218,16 @@ def test_engine_needs_no_gradio_and_app_reexports_it() -> None:
 def test_no_models_app_starts_and_explains(empty_models_dir: Path) -> None:
     engine = demo.CXRApp({}, empty_models_dir, device="cpu")
     blocks = app.build_demo(engine)
-    assert "No segmentation model found" in app._models_status(engine)
-    o = named(handler(blocks)(str(EXAMPLE), demo.PAPER_MODEL, 100, 224, 0, demo.PREDICTED))
+    assert "No segmentation model found" in models_status(engine)
+    o = named(handler(blocks)(str(EXAMPLE), PAPER_LABEL, 100, 224, 0, demo.PREDICTED))
     assert "No segmentation model could be loaded" in o["summary"]
     for key in ("votes_plot", "vote_fractions", "probabilistic_gradcam", "global_gradcam", "report"):
         assert o[key] is None
     assert o["segmentation"][0].ndim == 3 and o["segmentation"][1] == []  # the image as loaded, nothing drawn
     assert o["result"]["mode"] == "no_models" and o["result"]["label"] is None
-    assert "not shipped" in o["biomarkers"]
+    # says what is missing (the segmentation model, which does ship in models/), not that nothing ships
+    assert o["biomarkers"] == demo.presenters.BIOMARKERS_NEED_SEGMENTATION
+    assert "no segmentation model could be loaded" in o["biomarkers"] and "shipped" not in o["biomarkers"]
 
 
 def test_segmentation_only_never_classifies(tiny_models, empty_models_dir: Path) -> None:
@@ -178,7 +235,7 @@ def test_segmentation_only_never_classifies(tiny_models, empty_models_dir: Path)
     a = engine.analyze(str(EXAMPLE), demo.PAPER_MODEL, k=30, patch_size=224, seed=3)
     assert a.models.mode == "segmentation_only" and a.result is None
     assert a.boxes is not None and len(a.boxes) == 30 and a.prepared is not None
-    o = named(app.render(a, engine))
+    o = named(render(a, engine))
     assert "No classifier loaded" in o["summary"]
     for key in ("votes_plot", "vote_fractions", "probabilistic_gradcam", "global_gradcam"):
         assert o[key] is None
@@ -207,13 +264,13 @@ def test_full_analysis_outputs_consistent(full_app: demo.CXRApp) -> None:
     assert a.models.mode == "full" and r is not None and not a.cache_hit
     assert sum(r.votes.values()) == 40 and r.k == 40
     assert a.models.untrained_classes == ["tuberculosis"]
-    o = named(app.render(a, full_app))
+    o = named(render(a, full_app))
     summary, votes, fractions, result = (o[k] for k in ("summary", "votes_plot", "vote_fractions", "result"))
     cam, gcam, triage, details = (o[k] for k in ("probabilistic_gradcam", "global_gradcam", "triage", "details"))
     report = o["report"]
     assert int(votes["votes"].sum()) == 40
     assert list(votes["class"]) == ["normal", "bacterial", "TB", "viral/COVID"]  # class order, not alphabetical
-    assert dict(zip(votes["class"], votes["training"], strict=True))["TB"] == app.UNTRAINED
+    assert dict(zip(votes["class"], votes["training"], strict=True))["TB"] == UNTRAINED
     assert sum(fractions.values()) == pytest.approx(1.0)
     assert "untrained" in summary and "Majority vote" in summary
     assert cam is not None and gcam is not None  # patch saliency beside the global model's Grad-CAM (Fig. 7)
@@ -347,28 +404,30 @@ def test_handler_turns_input_errors_into_gr_error(full_app: demo.CXRApp, tmp_pat
     with pytest.raises(CXRInputError) as expected:
         load_image(str(corrupt), source_name=demo.UPLOAD_NAME)
     with pytest.raises(gr.Error) as err:
-        analyze(str(corrupt), demo.PAPER_MODEL, 100, 224, 0, demo.PREDICTED)
+        analyze(str(corrupt), PAPER_LABEL, 100, 224, 0, demo.PREDICTED)
     # the loader's own message, no traceback, and no server path or file name
     assert err.value.message == str(expected.value) and str(tmp_path) not in err.value.message
     assert "Traceback" not in err.value.message
     not_an_image = tmp_path / "notes.txt"
     not_an_image.write_text("hello")
     with pytest.raises(gr.Error, match=r"(?i)image|format"):
-        analyze(str(not_an_image), demo.PAPER_MODEL, 100, 224, 0, demo.PREDICTED)
+        analyze(str(not_an_image), PAPER_LABEL, 100, 224, 0, demo.PREDICTED)
     bad_calls = [
-        ((None, demo.PAPER_MODEL, 100, 224, 0, demo.PREDICTED), "Upload a chest X-ray"),
-        ((str(EXAMPLE), demo.PAPER_MODEL, 0, 224, 0, demo.PREDICTED), "K must be"),
-        ((str(EXAMPLE), demo.PAPER_MODEL, 100, 230, 0, demo.PREDICTED), "Patch size must be"),
-        ((str(EXAMPLE), demo.PAPER_MODEL, 100, 224, -1, demo.PREDICTED), "Seed must be"),
-        ((str(EXAMPLE), demo.PAPER_MODEL, 100, 224, 0, "covid"), "Unknown class"),
+        ((None, PAPER_LABEL, 100, 224, 0, demo.PREDICTED), "Upload a chest X-ray"),
+        ((str(EXAMPLE), PAPER_LABEL, 0, 224, 0, demo.PREDICTED), "K must be"),
+        ((str(EXAMPLE), PAPER_LABEL, 100, 230, 0, demo.PREDICTED), "Patch size must be"),
+        ((str(EXAMPLE), PAPER_LABEL, 100, 224, -1, demo.PREDICTED), "Seed must be"),
+        ((str(EXAMPLE), PAPER_LABEL, 100, 224, 0, "covid"), "Unknown class 'covid' for the Paper 4-class model; "),
         ((str(EXAMPLE), "Some other model", 100, 224, 0, demo.PREDICTED), "Unknown model"),
+        ((str(EXAMPLE), demo.PAPER_MODEL, 100, 224, 0, demo.PREDICTED), "choose one of: Paper 4-class model, COVIDx"),
+        ((None, "Some other model", 100, 224, 0, demo.PREDICTED), "Upload a chest X-ray"),  # the engine's order
     ]
     for args, message in bad_calls:
         with pytest.raises(gr.Error, match=message):
             analyze(*args)
     # a control moved before any image was chosen changes nothing (and raises nothing)
     live = next(f.fn for f in blocks.fns.values() if getattr(f.fn, "__name__", "") == "analyze_live")
-    assert all(out == gr.skip() for out in live(None, demo.PAPER_MODEL, 50, 224, 0, demo.PREDICTED))
+    assert all(out == gr.skip() for out in live(None, PAPER_LABEL, 50, 224, 0, demo.PREDICTED))
 
 
 def test_no_lung_is_a_user_error(tmp_path: Path, empty_models_dir: Path) -> None:
@@ -382,7 +441,7 @@ def test_no_lung_is_a_user_error(tmp_path: Path, empty_models_dir: Path) -> None
     seg.save_pretrained(tmp_path / "seg")
     engine = demo.CXRApp({"CXR_HUB_SEGMENTATION": str(tmp_path / "seg")}, empty_models_dir, device="cpu")
     with pytest.raises(gr.Error, match="No lung found"):
-        handler(app.build_demo(engine))(str(EXAMPLE), demo.PAPER_MODEL, 10, 224, 0, demo.PREDICTED)
+        handler(app.build_demo(engine))(str(EXAMPLE), PAPER_LABEL, 10, 224, 0, demo.PREDICTED)
 
 
 def test_dicom_identifiers_never_reach_outputs(full_app: demo.CXRApp, tmp_path: Path) -> None:
@@ -393,7 +452,7 @@ def test_dicom_identifiers_never_reach_outputs(full_app: demo.CXRApp, tmp_path: 
     path = tmp_path / "Doe_Jane_ID-937251.dcm"  # file names can carry identifiers too
     path.write_bytes(make_dicom(pixels, **secret))
     a = full_app.analyze(str(path), demo.PAPER_MODEL, k=10)
-    outputs = app.render(a, full_app)
+    outputs = render(a, full_app)
     texts = [o for o in outputs if isinstance(o, str)]
     texts += [json.dumps(outputs[9]), *(Path(f).read_text() for f in outputs[10] if f.endswith(".json"))]
     for text in texts:
@@ -425,10 +484,10 @@ def test_refused_upload_is_a_gr_error_and_clears_old_outputs(full_app: demo.CXRA
     analyze = handler(blocks)
     photo = tmp_path / "portrait.jpg"
     Image.fromarray(colour_photo(480, 400)).save(photo, quality=90)
-    assert analyze(str(EXAMPLE), demo.PAPER_MODEL, 20, 224, 0, demo.PREDICTED)[0].startswith("### Majority vote")
+    assert analyze(str(EXAMPLE), PAPER_LABEL, 20, 224, 0, demo.PREDICTED)[0].startswith("### Majority vote")
     for _ in range(2):  # a fresh refusal, then the remembered one (a slider change)
         with pytest.raises(gr.Error) as err:
-            analyze(str(photo), demo.PAPER_MODEL, 20, 224, 0, demo.PREDICTED)
+            analyze(str(photo), PAPER_LABEL, 20, 224, 0, demo.PREDICTED)
         message = err.value.message
         assert message.startswith("The uploaded file does not look like a frontal chest X-ray: it is a colour image")
         assert str(tmp_path) not in message and "portrait" not in message and "Traceback" not in message
@@ -436,18 +495,18 @@ def test_refused_upload_is_a_gr_error_and_clears_old_outputs(full_app: demo.CXRA
     by_name = {getattr(f.fn, "__name__", ""): f for f in fns}
     analyse_at = fns.index(by_name["analyze"])
     clear = fns[analyse_at - 1]  # the Analyse click runs the clearing, then (.then) the analysis
-    assert clear.fn is app.cleared_outputs and clear.api_name != "analyze"
+    assert clear.fn is cleared_outputs and clear.api_name != "analyze"
     assert [b._id for b in clear.outputs] == [b._id for b in fns[analyse_at].outputs]
-    image_change = [f for f in fns if f.fn is app.cleared_outputs and any(t[1] == "change" for t in f.targets)]
+    image_change = [f for f in fns if f.fn is cleared_outputs and any(t[1] == "change" for t in f.targets)]
     assert image_change, "choosing another image does not clear the previous outputs"
-    cleared = app.cleared_outputs()
-    assert len(cleared) == len(app.OUTPUT_NAMES) + 1 and cleared[0] == app.CLEARED_SUMMARY
+    cleared = cleared_outputs()
+    assert len(cleared) == len(OUTPUT_NAMES) + 1 and cleared[0] == CLEARED_SUMMARY
     assert all(v is None for v in cleared[1:])  # no image, plot, map, JSON, report or state of the old image
 
 
 def test_accepted_upload_reports_the_input_check(full_app: demo.CXRApp) -> None:
     a = full_app.analyze(str(EXAMPLE), demo.PAPER_MODEL, k=20, patch_size=224, seed=0)
-    o = named(app.render(a, full_app))
+    o = named(render(a, full_app))
     check = o["result"]["input_check"]
     assert check["accepted"] is True and check["enforced"] is True and set(check["checks"]) >= {"colour", "size"}
     assert json.loads(Path(o["report"][0]).read_text())["input_check"] == check
@@ -465,7 +524,7 @@ def test_shipped_app_refuses_a_rotated_film(tmp_path: Path, empty_models_dir: Pa
     rotated = tmp_path / "rotated.png"
     Image.open(EXAMPLE).convert("L").rotate(90, expand=True).save(rotated)
     with pytest.raises(gr.Error, match=r"does not look like a frontal chest X-ray: it looks rotated"):
-        handler(app.build_demo(engine))(str(rotated), demo.PAPER_MODEL, 10, 224, 0, demo.PREDICTED)
+        handler(app.build_demo(engine))(str(rotated), PAPER_LABEL, 10, 224, 0, demo.PREDICTED)
 
 
 # ------------------------------------------------------------------------------------------- gradio_client end-to-end
@@ -493,14 +552,14 @@ def test_gradio_client_end_to_end(full_app: demo.CXRApp, tmp_path: Path) -> None
         for k in (30, 45):  # analyse an example, then "move the K slider"
             out = client.predict(
                 image=handle_file(str(EXAMPLE)),
-                model=demo.PAPER_MODEL,
+                model=PAPER_LABEL,
                 k=k,
                 patch_size=224,
                 seed=0,
                 saliency_class=demo.PREDICTED,
                 api_name="/analyze",
             )
-            assert len(out) == len(app.OUTPUT_NAMES)
+            assert len(out) == len(OUTPUT_NAMES)
             summary, seg, votes, fractions, cam, gcam, biomarkers, triage, details, result, report = out
             assert "Majority vote" in summary and "cardiothoracic ratio" in biomarkers and "Device:" in details
             assert Path(seg["image"]["path"] if isinstance(seg["image"], dict) else seg["image"]).is_file()
@@ -523,8 +582,8 @@ def test_gradio_client_end_to_end(full_app: demo.CXRApp, tmp_path: Path) -> None
         photo = tmp_path / "photo.jpg"
         Image.fromarray(colour_photo(480, 400)).save(photo)
         with pytest.raises(AppError, match="does not look like a frontal chest X-ray: it is a colour image"):
-            client.predict(handle_file(str(photo)), demo.PAPER_MODEL, 10, 224, 0, demo.PREDICTED, api_name="/analyze")
+            client.predict(handle_file(str(photo)), PAPER_LABEL, 10, 224, 0, demo.PREDICTED, api_name="/analyze")
         with pytest.raises(AppError, match="less than minimum"):  # Gradio checks the slider range itself
-            client.predict(handle_file(str(EXAMPLE)), demo.PAPER_MODEL, 0, 224, 0, demo.PREDICTED, api_name="/analyze")
+            client.predict(handle_file(str(EXAMPLE)), PAPER_LABEL, 0, 224, 0, demo.PREDICTED, api_name="/analyze")
     finally:
         ui.close()

@@ -123,11 +123,12 @@ def test_browser_upload_analyse_move_k(tmp_path: Path) -> None:
     from test_app import env_for, save_tiny_models
 
     import app
+    from cxr_hub.demo import CXRApp
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     models = save_tiny_models(tmp_path / "models")
-    engine = app.CXRApp(env_for(models, "seg", "clf4", "glob4"), tmp_path / "none", device="cpu")
+    engine = CXRApp(env_for(models, "seg", "clf4", "glob4"), tmp_path / "none", device="cpu")
     demo = app.build_demo(engine)
     try:
         url = launch(demo)
@@ -156,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     import app
+    from cxr_hub.demo import CXRApp
 
-    demo = app.build_demo(app.CXRApp(device="cpu"))
+    demo = app.build_demo(CXRApp(device="cpu"))
     try:
         raw = args.out.with_suffix(".raw.png")
         args.out.parent.mkdir(parents=True, exist_ok=True)

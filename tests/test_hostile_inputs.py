@@ -31,7 +31,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from cxr_hub import CXRInputError, CXRPipeline, load_image
-from cxr_hub.demo import K_MAX, MODEL_CHOICES, PAPER_MODEL, PREDICTED, CXRApp
+from cxr_hub.demo import K_MAX, PREDICTED, CXRApp
+from cxr_hub.demo import LABEL_CHOICES as MODEL_CHOICES  # the models as the UI and the API name them
+from cxr_hub.demo import PAPER_LABEL as PAPER_MODEL
 from cxr_hub.models.image_processing_cxr import MAX_PIXELS, MIN_SIDE
 
 gr = pytest.importorskip("gradio")

@@ -19,7 +19,8 @@ from conftest import synthetic_cxr
 from test_io import make_dicom
 
 from cxr_hub.cli import main as cli_main
-from cxr_hub.demo import PAPER_MODEL, PREDICTED, CXRApp
+from cxr_hub.demo import PAPER_LABEL as PAPER_MODEL  # the model as the UI and the API name it
+from cxr_hub.demo import PREDICTED, CXRApp
 
 gr = pytest.importorskip("gradio")
 app = pytest.importorskip("app")
