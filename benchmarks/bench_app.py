@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         models_note = "random init, full size: FC-DenseNet103 (256), ResNet-18 patches (224 of 1024), global ResNet-18"
 
     configs = {"full" if env is not None else "shipped": env}
-    if env is not None:  # what the app shows today once the segmentation ships: no classifier yet
+    if env is not None:  # the app with a segmentation model and no classifier (segmentation-only mode)
         configs["segmentation_only"] = {"CXR_HUB_SEGMENTATION": env["CXR_HUB_SEGMENTATION"]}
     report: dict[str, Any] = {"models": models_note, "loadavg_start": load_start}
     for name, config_env in configs.items():

@@ -125,7 +125,7 @@ def cardiothoracic_ratio(
         heart_label: label of the heart.
         lung_labels: labels of the lungs.
         largest_only: measure only the largest connected region of the heart and of each lung (default); False
-            measures every labelled pixel, as this package did before 2026-12-01 (sensitive to stray specks).
+            measures every labelled pixel (sensitive to stray specks; the earlier definition, see CHANGELOG.md).
 
     Returns:
         ``(ratio, heart_width, thoracic_width)``: ratio in (0, inf) (normally 0.3-0.7), NaN when either width is 0;

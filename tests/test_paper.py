@@ -151,7 +151,7 @@ SCANNED = [
     "RESULTS.md",
     "README.md",
     "app.py",
-    "cxr_hub/demo.py",
+    "cxr_hub/demo/*.py",
     "cxr_hub/hub/*.py",
     "cxr_hub/cli/hub.py",
     "cxr_hub/paper.py",

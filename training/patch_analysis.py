@@ -2,7 +2,7 @@
 
 One pass per image over ``k_max`` patches (drawn with ``default_rng(seed)`` as
 ``CXRPipeline(sampling="joint").analyze`` does, by the same sampler and cropper; the recorded results used this
-mode, the pipeline's default until 2026-12-01), then two analyses of the same patch probabilities:
+mode, the training sampler), then two analyses of the same patch probabilities:
 
 * **K ablation** (not in the paper): for each K in ``--ks``, the image's label is the majority vote of K patches. The
   sampler's draws are prefix-stable (the first K of a ``k_max`` draw are exactly the K-patch draw of the same seed),

@@ -66,9 +66,10 @@ def model_folder(value: str | None, default: Path, flag: str, what: str) -> Path
         return folder
     if value is None:
         return (
-            f"no {what} model given and the default folder {default} does not exist: cxr-hub ships no trained models "
-            f"yet. Train one (see training/) or pass {flag} DIR, a folder written by save_pretrained "
-            "(config.json + model.safetensors). Untrained (random) weights are never used silently."
+            f"no {what} model given and the default folder {default} does not exist (the shipped models live in "
+            f"models/ of a repository checkout; an installed package has none). Pass {flag} DIR, a folder written "
+            "by save_pretrained (config.json + model.safetensors), or a checkout's models/ folder. Untrained "
+            "(random) weights are never used silently."
         )
     return f"{flag} {value}: not a model folder (no config.json there). Pass a folder written by save_pretrained."
 
