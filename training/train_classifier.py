@@ -39,8 +39,8 @@ Definitions:
   step s uses ``[seed, e, 2, s]``. A resumed run therefore continues with exactly the draws it would have made.
   Validation and test patches use ``default_rng(eval_seed)`` per image, so the validation patches are the same every
   epoch. Training and evaluation here draw with ``mode="joint"`` (what the shipped models were trained and
-  scored with; see CHANGELOG.md for when the pipeline's default changed); the pipeline now draws the same distribution with
-  ``mode="stable"`` (see :mod:`cxr_hub.patches`), so its patches for a given seed differ from these.
+  scored with; see CHANGELOG.md for when the pipeline's default changed); the pipeline now draws the same
+  distribution with ``mode="stable"`` (see :mod:`cxr_hub.patches`), so its patches for a given seed differ from these.
 * **Normalisation**: as the pipeline: gray levels in [0, 255] with 0 outside the lungs, ``(x / 255 - mean) / std``
   with the config's ``image_mean`` / ``image_std``.
 * **Augmentation** (``--augment``, training only): per patch a random gamma ``exp(U(-0.15, 0.15))`` and gain
