@@ -24,6 +24,8 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
 
 import cxr_hub.io as cxr_io
+import cxr_hub.io.load as io_load
+import cxr_hub.io.pixels as io_pixels
 from cxr_hub.io import SUPPORTED_EXTENSIONS, CXRInputError, is_dicom, load_image
 from cxr_hub.models import image_processing_cxr
 
@@ -646,7 +648,7 @@ def test_any_decoder_failure_is_an_input_error(monkeypatch: pytest.MonkeyPatch) 
     def unforeseen(*args: Any, **kwargs: Any) -> Any:
         raise ZeroDivisionError("a decoder bug nobody anticipated")
 
-    monkeypatch.setattr(cxr_io, "_from_encoded_pil", unforeseen)
+    monkeypatch.setattr(io_load, "_from_encoded_pil", unforeseen)
     with pytest.raises(CXRInputError, match=r"could not be decoded \(ZeroDivisionError\)") as err:
         load_image(_png(gray()))
     assert "anticipated" not in messages(err.value)  # the type only: a DICOM decoder's text could quote its header
@@ -666,7 +668,7 @@ def test_any_decoder_failure_is_an_input_error(monkeypatch: pytest.MonkeyPatch) 
     ],
 )
 def test_reduce_factor(width: int, height: int, factor: int) -> None:
-    assert cxr_io._reduce_factor(width, height) == factor
+    assert io_pixels._reduce_factor(width, height) == factor
     if factor > 1:
         assert (width // factor) * (height // factor) <= cxr_io.REDUCE_ABOVE_PIXELS
         assert (width // (factor - 1)) * (height // (factor - 1)) > cxr_io.REDUCE_ABOVE_PIXELS or factor == 2
@@ -676,7 +678,7 @@ def test_reduce_factor(width: int, height: int, factor: int) -> None:
 def test_huge_images_are_box_reduced_the_same_from_every_source(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cxr_io, "REDUCE_ABOVE_PIXELS", 5000)  # so a 145 x 131 image is "huge": factor 2
+    monkeypatch.setattr(io_pixels, "REDUCE_ABOVE_PIXELS", 5000)  # so a 145 x 131 image is "huge": factor 2
     pixels = gray(np.uint16, shape=(145, 131), seed=3)  # odd sides: the last row and column are dropped
     expected = pixels[:144, :130].astype(np.float64).reshape(72, 2, 65, 2).mean(axis=(1, 3))
     png = _png(pixels)
@@ -691,7 +693,7 @@ def test_huge_jpeg_is_decoded_at_a_reduced_scale(monkeypatch: pytest.MonkeyPatch
     smooth = cv2.GaussianBlur(rng.integers(0, 256, (256, 320)).astype(np.uint8), (0, 0), 6)
     jpeg = encode(Image.fromarray(smooth), "JPEG", quality=95)
     full = load_image(jpeg)
-    monkeypatch.setattr(cxr_io, "REDUCE_ABOVE_PIXELS", 256 * 320 // 4)
+    monkeypatch.setattr(io_pixels, "REDUCE_ABOVE_PIXELS", 256 * 320 // 4)
     drafts: list[tuple[Any, ...]] = []
     original = JpegImagePlugin.JpegImageFile.draft
 
