@@ -14,6 +14,7 @@ from typing import Any
 
 from ..evaluation.classification import ALL_ROWS, DEFAULT_SEGMENTATION, DEFAULT_SPLIT, TASKS, evaluate_classification
 from ..evaluation.classification_metrics import MACRO_METRICS
+from ..presets import SHIPPED
 from .options import sampling_mode
 
 __all__ = ["add_parser", "run_evaluate"]
@@ -88,8 +89,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--segmentation", help=f"segmentation model folder (default: {DEFAULT_SEGMENTATION})")
     p.add_argument(
         "--classifier",
-        help="patch classifier folder (default: models/cxr-patch-resnet18 for label4, "
-        "models/cxr-patch-resnet18-covidx for label3)",
+        help=f"patch classifier folder (default: models/{SHIPPED['label4/patch'].folder} for label4, "
+        f"models/{SHIPPED['label3/patch'].folder} for label3)",
     )
     p.add_argument("--global-classifier", help="optional global classifier folder, scored alongside")
     p.add_argument("--k", type=int, default=100, help="patches per image (default: %(default)s, as the paper)")

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..presets import default_folder
+from ..presets import SHIPPED, default_folder
 from .batch import batch_csv_path, batch_inputs, is_batch, run_predict_batch
 from .names import source_name
 from .options import default_sampling, sampling_mode
@@ -273,12 +273,14 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--segmentation",
         default=None,
-        help="segmentation model folder (default: models/cxr-lung-seg-fcdensenet103 in the repository, if it exists)",
+        help=f"segmentation model folder (default: models/{SHIPPED['segmentation'].folder} in the repository, if it "
+        "exists)",
     )
     p.add_argument(
         "--classifier",
         default=None,
-        help="patch classifier model folder (default: models/cxr-patch-resnet18 in the repository, if it exists)",
+        help=f"patch classifier model folder (default: models/{SHIPPED['label4/patch'].folder} in the repository, if "
+        "it exists)",
     )
     p.add_argument("--global-classifier", default=None, help="optional global (whole-image) classifier folder")
     p.add_argument(

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .biomarker_reference import BIOMARKER_REFERENCE, biomarker_panel
-from .discovery import MODEL_CHOICES, MODEL_SPECS, SEGMENTATION_ENV
+from .discovery import MODEL_CHOICES, MODEL_SPECS, SEGMENTATION_ENV, SEGMENTATION_FOLDER
 from .engine import PREDICTED, Analysis, CXRApp, UnknownClassError, UnknownModelError
 from .names import LABEL_CHOICES, display_name, model_label
 
@@ -178,7 +178,7 @@ def summary_markdown(a: Analysis) -> str:
     if m.mode == "no_models":
         return (
             "### No segmentation model could be loaded\n"
-            "This app needs at least the lung/heart segmentation model (`models/cxr-lung-seg-fcdensenet103` in the "
+            f"This app needs at least the lung/heart segmentation model (`models/{SEGMENTATION_FOLDER}` in the "
             f"repository, or `{SEGMENTATION_ENV}`), and none could be loaded here, so nothing is analysed: the image "
             "above is shown as loaded. Untrained (random) weights are never used to produce a result."
             + "".join(f"\n- {e}" for e in m.errors)
