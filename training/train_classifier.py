@@ -834,8 +834,6 @@ def main(argv: list[str] | None = None) -> int:
     if config.train_fraction < 1.0:
         full = len(splits["train"])
         splits["train"] = fraction_subset(splits["train"], config.train_fraction, config.seed)
-        info["counts"]["train"] = splits["train"].class_counts()
-        info["sources"]["train"] = dict(sorted(Counter(splits["train"].sources).items()))
         info["train_fraction"] = {"fraction": config.train_fraction, "images": len(splits["train"]), "of": full}
     held: ClassifierData | None = None
     if config.hold_out_source:
@@ -843,10 +841,11 @@ def main(argv: list[str] | None = None) -> int:
             splits, held = hold_out_source_normals(splits, config.hold_out_source)
         except ValueError as exc:
             raise SystemExit(f"error: --hold-out-source: {exc}") from exc
-        for name, part in splits.items():
+        info["held_out"] = {"source": config.hold_out_source, "class": "normal", "images": len(held)}
+    if config.train_fraction < 1.0 or held is not None:
+        for name, part in splits.items():  # the counts of what is trained, validated and tested on now
             info["counts"][name] = part.class_counts()
             info["sources"][name] = dict(sorted(Counter(part.sources).items()))
-        info["held_out"] = {"source": config.hold_out_source, "class": "normal", "images": len(held)}
     counts = info["counts"]
     tqdm.write(f"data: {info['source']}")
     tqdm.write("images per class: " + json.dumps(counts))

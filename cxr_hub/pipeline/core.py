@@ -13,7 +13,7 @@ from torch import nn
 from ..io import ImageSource
 from ..models import SEGMENTATION_LABELS, PatchClassifierConfig, image_processor_for
 from ..patches import DEFAULT_SAMPLING, SAMPLING_MODES
-from ..runtime.numerics import CLASSIFIER_PRECISIONS, PRECISIONS, Numerics, NumericsPolicy
+from ..runtime.numerics import Numerics, NumericsPolicy
 from ..validity import Calibration, InputValidator
 from .analyze import _AnalyzeHalf
 from .arguments import DEFAULT_MIN_LUNG_FRACTION, _check_classifier, _frame_config
@@ -162,9 +162,7 @@ class CXRPipeline(_PrepareHalf, _AnalyzeHalf):
 
     @precision.setter
     def precision(self, value: str) -> None:
-        if value not in CLASSIFIER_PRECISIONS:
-            raise ValueError(f"precision must be one of {CLASSIFIER_PRECISIONS}, got {value!r}.")
-        self.numerics_policy.precision = value
+        self.numerics_policy.precision = value  # the policy checks it
 
     @property
     def segmentation_precision(self) -> str:
@@ -173,9 +171,7 @@ class CXRPipeline(_PrepareHalf, _AnalyzeHalf):
 
     @segmentation_precision.setter
     def segmentation_precision(self, value: str) -> None:
-        if value not in PRECISIONS:
-            raise ValueError(f"segmentation_precision must be one of {PRECISIONS}, got {value!r}.")
-        self.numerics_policy.segmentation_precision = value
+        self.numerics_policy.segmentation_precision = value  # the policy checks it
 
     @property
     def fuse_batchnorm(self) -> bool:

@@ -94,12 +94,8 @@ class NumericsPolicy:
         fuse_batchnorm: bool = True,
         place: Callable[[nn.Module], nn.Module] = lambda model: model,
     ) -> None:
-        if precision not in CLASSIFIER_PRECISIONS:
-            raise ValueError(f"precision must be one of {CLASSIFIER_PRECISIONS}, got {precision!r}.")
-        if segmentation_precision not in PRECISIONS:
-            raise ValueError(f"segmentation_precision must be one of {PRECISIONS}, got {segmentation_precision!r}.")
         self.device = device
-        self.precision = precision
+        self.precision = precision  # validated by the property setters below
         self.segmentation_precision = segmentation_precision
         self.fuse_batchnorm = bool(fuse_batchnorm)
         self._place = place
@@ -107,6 +103,28 @@ class NumericsPolicy:
         self._folded: dict[int, tuple[nn.Module, nn.Module | None]] = {}
         #: id(model) → (model, its int8 network or None, why not: "" when built)
         self._int8: dict[int, tuple[nn.Module, nn.Module | None, str]] = {}
+
+    @property
+    def precision(self) -> str:
+        """The classifiers' option, one of :data:`CLASSIFIER_PRECISIONS` (checked when set)."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        if value not in CLASSIFIER_PRECISIONS:
+            raise ValueError(f"precision must be one of {CLASSIFIER_PRECISIONS}, got {value!r}.")
+        self._precision = value
+
+    @property
+    def segmentation_precision(self) -> str:
+        """The segmentation network's option, one of :data:`PRECISIONS` (checked when set)."""
+        return self._segmentation_precision
+
+    @segmentation_precision.setter
+    def segmentation_precision(self, value: str) -> None:
+        if value not in PRECISIONS:
+            raise ValueError(f"segmentation_precision must be one of {PRECISIONS}, got {value!r}.")
+        self._segmentation_precision = value
 
     # ------------------------------------------------------------------ int8
 
