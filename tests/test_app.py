@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import socket
 import subprocess
 import sys
@@ -285,6 +286,53 @@ def test_full_analysis_outputs_consistent(full_app: demo.CXRApp) -> None:
     assert len(saved["patch_probabilities"]) == 40 and saved["votes"] == result["votes"]
     assert Path(report[1]).suffix == ".png" and Path(report[1]).stat().st_size > 0
     json.dumps(result, allow_nan=False)  # strict JSON for the API
+
+
+def test_the_result_says_how_far_to_trust_the_vote(full_app: demo.CXRApp, tiny_models, tmp_path: Path) -> None:
+    from cxr_hub.demo.presenters import limits_text
+
+    # tiny random models have no card: the panel says there are no measured numbers, and claims none
+    a = full_app.analyze(str(EXAMPLE), demo.PAPER_MODEL, k=10, patch_size=224, seed=0)
+    assert a.models.card_metrics == {}
+    o = named(render(a, full_app))
+    assert "How far to trust this vote" in o["summary"] and "no measured test numbers" in o["summary"]
+    assert o["result"]["measured"] == {} and "no measured test numbers" in o["result"]["limits"]
+    # a card with numbers: each collection's accuracy and each trained class's sensitivity, from the card only
+    card = tmp_path / "clf4"
+    shutil.copytree(tiny_models["clf4"], card)
+    (card / "README.md").write_text(
+        "---\nmodel-index:\n- name: x\n  results:\n  - task: {type: image-classification}\n"
+        "    dataset: {type: d, name: d}\n    metrics:\n"
+        "    - {type: accuracy_source_jsrt, value: 1.0}\n    - {type: accuracy_source_cohen, value: 0.57}\n"
+        "    - {type: sensitivity_normal, value: 0.9867}\n    - {type: sensitivity_tuberculosis, value: 0.5}\n"
+        "---\n# card\n"
+    )
+    engine = demo.CXRApp(
+        {**env_for(tiny_models, "seg"), "CXR_HUB_CLASSIFIER": str(card)}, tmp_path / "none", device="cpu"
+    )
+    m = engine.models(demo.PAPER_MODEL)
+    assert m.card_metrics["accuracy_source_cohen"] == 0.57
+    text = limits_text(m, markdown=False)
+    assert "57% of the COVID-19 image data collection (Cohen et al.) films" in text and "100% of the JSRT" in text
+    assert "normal 99% found" in text
+    assert "tuberculosis" not in text  # an untrained class is never described as measured
+    assert not text.startswith("**") and limits_text(m).startswith("**How far to trust this vote.**")
+
+
+def test_shipped_models_state_their_cards_numbers(empty_models_dir: Path) -> None:
+    from cxr_hub.demo.presenters import limits_text
+    from cxr_hub.hub.card_metrics import read_card_metrics
+
+    engine = demo.CXRApp({}, REPO_ROOT / "models", device="cpu")
+    for choice in (demo.PAPER_MODEL, demo.COVIDX_MODEL):
+        m = engine.models(choice)
+        assert m.mode == "full", m.errors
+        card = read_card_metrics(m.sources.classifier)
+        assert m.card_metrics == card and any(k.startswith("accuracy_source_") for k in card)
+        text = limits_text(m)
+        for key, value in card.items():
+            if key.startswith("accuracy_source_") or key.startswith("sensitivity_"):
+                assert f"{value:.0%}" in text, key
 
 
 def test_slider_change_reuses_segmentation(full_app: demo.CXRApp, tmp_path: Path, monkeypatch) -> None:

@@ -119,6 +119,21 @@ def test_card_front_matter_carries_exactly_the_metrics(config: TinyConfig) -> No
     assert "| JSRT/SCR | validation | num_images | 50 |" in body
 
 
+def test_read_card_metrics_reads_back_the_first_result(config: TinyConfig, tmp_path: Path) -> None:
+    from cxr_hub.hub.card_metrics import read_card_metrics
+
+    other = {"dataset": {"type": "x", "name": "other"}, "values": {"jaccard_lung": 0.5}}
+    (tmp_path / "README.md").write_text(hub.render_model_card(config, metrics=[SEG_METRICS, other]))
+    assert read_card_metrics(tmp_path) == {k: float(v) for k, v in SEG_METRICS["values"].items()}
+    # no card, a card without model-index, broken YAML, a repo id not in the local cache: nothing, never an error
+    assert read_card_metrics(tmp_path / "missing") == {}
+    (tmp_path / "README.md").write_text("---\nlicense: mit\n---\n# no results\n")
+    assert read_card_metrics(tmp_path) == {}
+    (tmp_path / "README.md").write_text("---\nmodel-index: [unclosed\n---\n")
+    assert read_card_metrics(tmp_path) == {}
+    assert read_card_metrics("nobody-here/not-a-cached-repo") == {}
+
+
 def test_card_accepts_flat_metrics(config: TinyConfig) -> None:
     meta = front_matter(hub.render_model_card(config, metrics=FLAT_METRICS, model_name="m"))
     assert meta["metrics"] == list(FLAT_METRICS)

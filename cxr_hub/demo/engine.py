@@ -39,6 +39,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 from torch import nn
 
+from ..hub.card_metrics import read_card_metrics
 from ..io import load_image
 from ..loading import UnsafeCheckpointError, allow_pickle_from_env, load_model
 from ..models import LABEL_SETS
@@ -97,6 +98,8 @@ class LoadedModels:
         errors: loading problems, in words (shown in the UI).
         prepare_key: identifies everything :meth:`CXRPipeline.prepare` depends on (segmentation model + the
             classifier frame's preprocessing), so two choices with the same preprocessing share cached images.
+        card_metrics: the patch classifier's measured test numbers, read from its model card
+            (:func:`cxr_hub.hub.card_metrics.read_card_metrics`; empty without a classifier or a card).
     """
 
     sources: ModelSources
@@ -106,6 +109,7 @@ class LoadedModels:
     trained_classes: list[str]
     errors: list[str] = field(default_factory=list)
     prepare_key: tuple = ()
+    card_metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def mode(self) -> str:
@@ -320,7 +324,9 @@ class CXRApp:
         if pipe.classifier_config is None:
             return LoadedModels(src, pipe, False, names, [], errors, key)
         cfg = pipe.classifier_config
-        return LoadedModels(src, pipe, True, pipe.class_names, list(cfg.trained_classes), errors, key)
+        # what the card says it measured, so the result panel can say how far to trust a vote (never typed here)
+        card = read_card_metrics(src.classifier) if src.classifier is not None else {}
+        return LoadedModels(src, pipe, True, pipe.class_names, list(cfg.trained_classes), errors, key, card)
 
     # -- images
 

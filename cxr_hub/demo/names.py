@@ -16,6 +16,7 @@ __all__ = [
     "LABEL_CHOICES",
     "MODEL_LABELS",
     "PAPER_LABEL",
+    "SOURCE_DISPLAY",
     "display_name",
     "format_number",
     "model_id",
@@ -37,6 +38,14 @@ CLASS_DISPLAY = {
     "viral_covid": "viral pneumonia / COVID-19",
     "pneumonia": "pneumonia (non-COVID-19)",
     "covid": "COVID-19",
+}
+
+
+#: Display names of the image collections (the manifest's ``source`` values).
+SOURCE_DISPLAY = {
+    "jsrt": "JSRT",
+    "nih": "NIH ChestX-ray14",
+    "cohen": "COVID-19 image data collection (Cohen et al.)",
 }
 
 

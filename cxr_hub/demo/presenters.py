@@ -18,8 +18,8 @@ import numpy as np
 
 from .biomarker_reference import BIOMARKER_REFERENCE, biomarker_panel
 from .discovery import MODEL_CHOICES, MODEL_SPECS, SEGMENTATION_ENV, SEGMENTATION_FOLDER
-from .engine import PREDICTED, Analysis, CXRApp, UnknownClassError, UnknownModelError
-from .names import LABEL_CHOICES, display_name, model_label
+from .engine import PREDICTED, Analysis, CXRApp, LoadedModels, UnknownClassError, UnknownModelError
+from .names import LABEL_CHOICES, SOURCE_DISPLAY, display_name, model_label
 
 __all__ = [
     "BIOMARKERS_NEED_SEGMENTATION",
@@ -60,7 +60,8 @@ def summary_dict(a: Analysis, include_patches: bool = False) -> dict[str, Any]:
         Strict JSON values only (NaN and infinities → None): mode, the model choice's label, the model sources,
         classes, parameters, biomarkers and their reference, the triage text, warnings, the input check, and with a
         classifier the vote (``label``, ``votes``, ``vote_fraction``, ``probabilities``, global model) and saliency
-        statistics (min, max, mean in [0, 1] and the share inside the lungs); ``timings_ms`` in milliseconds.
+        statistics (min, max, mean in [0, 1] and the share inside the lungs), ``limits`` (:func:`limits_text`) and
+        ``measured`` (the model card's test numbers it is made from); ``timings_ms`` in milliseconds.
     """
     m, r = a.models, a.result
     out: dict[str, Any] = {
@@ -95,6 +96,8 @@ def summary_dict(a: Analysis, include_patches: bool = False) -> dict[str, Any]:
             out[key] = full[key]
         out["saliency_stats"] = _map_stats(r.saliency, r.lung_mask)
         out["global_saliency_stats"] = _map_stats(r.global_saliency, r.lung_mask) or None
+        out["limits"] = limits_text(m, markdown=False)
+        out["measured"] = dict(m.card_metrics)  # the card's test numbers the limits text is made from
         out["timings_ms"] = request_timings(a)
         if include_patches:
             for key in ("patch_boxes", "patch_boxes_1024", "patch_centers_1024", "patch_probabilities"):
@@ -169,6 +172,43 @@ def triage_text(a: Analysis, markdown: bool = True) -> str:
     )
 
 
+def limits_text(models: LoadedModels, markdown: bool = True) -> str:
+    """How far to trust a vote of this classifier, in words an educator can repeat, from its card's test numbers.
+
+    The numbers (accuracy per image collection, sensitivity per trained class) are read from the model card
+    (:attr:`LoadedModels.card_metrics`), so they describe the weights that are loaded and change when the card is
+    re-rendered for new weights; nothing is typed here.
+    """
+    metrics = models.card_metrics
+    untrained = models.untrained_classes
+    prefix = "accuracy_source_"
+    sources = sorted((k.removeprefix(prefix), v) for k, v in metrics.items() if k.startswith(prefix))
+    classes = [
+        (c, metrics[f"sensitivity_{c}"])
+        for c in models.class_names
+        if c not in untrained and f"sensitivity_{c}" in metrics
+    ]
+    head = "**How far to trust this vote.** " if markdown else "How far to trust this vote. "
+    if not sources and not classes:
+        return head + (
+            "This model's card carries no measured test numbers, so nothing here says how often it is right. Treat "
+            "the vote as an illustration of the method only."
+        )
+    measured = []
+    if sources:
+        measured.append(
+            "right on " + ", ".join(f"{v:.0%} of the {SOURCE_DISPLAY.get(name, name)} films" for name, v in sources)
+        )
+    if classes:
+        measured.append("by class: " + ", ".join(f"{display_name(c)} {v:.0%} found" for c, v in classes))
+    return head + (
+        f"On our test films this model was {'; '.join(measured)}. In our data each class comes mostly from one or "
+        "two image collections, so part of what a model learns can be which collection a film comes from rather "
+        "than the disease: a gap between collections is the sign of it. It was not tested on films from other "
+        "hospitals, where a vote can be wrong however clear the majority."
+    )
+
+
 # ------------------------------------------------------------------------------------------------ markdown panels
 
 
@@ -208,6 +248,7 @@ def summary_markdown(a: Analysis) -> str:
             f"**Never trained (no images):** {', '.join(display_name(c) for c in untrained)} — votes for it are "
             "meaningless."
         )
+    lines.append(limits_text(m))
     return "\n\n".join(lines)
 
 
@@ -319,8 +360,6 @@ def example_rows(examples_dir: Path) -> list[dict[str, str]]:
 
 def example_label(row: Mapping[str, str]) -> str:
     """ "Finding — collection (licence)" from a row of ``examples/examples.csv``."""
-    source = {"nih": "NIH ChestX-ray14", "cohen": "COVID-19 image data collection (Cohen et al.)"}.get(
-        row["source"], row["source"]
-    )
+    source = SOURCE_DISPLAY.get(row["source"], row["source"])
     licence = row["license"].split(": ", 1)[-1]  # "NIH ChestX-ray14: public, ..." → "public, ..."
     return f"{row['finding']} — {source}, {licence}"

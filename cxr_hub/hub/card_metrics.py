@@ -1,7 +1,8 @@
 """The measured numbers a model card carries, and the config fields its sections read.
 
 * :func:`card_metrics_from_report` — the card metrics of a ``metrics.json`` that ``evaluate`` or
-  ``evaluate-segmentation`` writes.
+  ``evaluate-segmentation`` writes; :func:`read_card_metrics` — the other way: the first result a rendered card
+  carries, read back from its front matter (the demo states a model's measured limits from it).
 * The metric shapes :func:`cxr_hub.hub.cards.render_model_card` accepts (a flat ``{name: number}``,
   ``{"dataset", "values", "task"}`` or a list of those), checked and normalised to one list of results
   (``_normalize_metrics``); the value and cell formatting the card's tables use.
@@ -20,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CLASSIFICATION_MODEL_TYPES", "SEGMENTATION_MODEL_TYPES", "card_metrics_from_report"]
+__all__ = ["CLASSIFICATION_MODEL_TYPES", "SEGMENTATION_MODEL_TYPES", "card_metrics_from_report", "read_card_metrics"]
 
 SEGMENTATION_MODEL_TYPES = frozenset({"cxr_fcdensenet", "cxr_unet"})
 CLASSIFICATION_MODEL_TYPES = frozenset({"cxr_patch_classifier"})
@@ -196,3 +197,48 @@ def card_metrics_from_report(
             "split": (str(split).partition(":")[2] or str(split)) if split else "all",
         }
     return {"dataset": dict(dataset), "values": values}
+
+
+def read_card_metrics(source: str | Path) -> dict[str, float]:
+    """The metrics of the first result in a model card's ``model-index`` (the card's headline evaluation).
+
+    The card is ``README.md`` of a local model folder, or of a Hub repository when its card is already in the local
+    Hugging Face cache (never a download: the demo calls this while it loads models, possibly offline).
+
+    Args:
+        source: a model folder, or a Hub repo id.
+
+    Returns:
+        ``{metric type: value}`` (e.g. ``accuracy_source_jsrt``, ``sensitivity_normal``); empty when there is no
+        card, no ``model-index`` or no numeric metric. A malformed card reads as empty rather than raising: a model
+        without readable numbers is described as such by the caller.
+    """
+    import yaml
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.repocard import metadata_load
+
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        card: Path | None = folder / "README.md"
+    else:
+        try:
+            cached = try_to_load_from_cache(str(source), "README.md")
+        except ValueError:  # not a repo id either (a missing folder): no card
+            return {}
+        card = Path(cached) if isinstance(cached, str) else None
+    if card is None or not card.is_file():
+        return {}
+    try:
+        meta = metadata_load(card) or {}
+        metrics = meta["model-index"][0]["results"][0]["metrics"]
+    except (KeyError, IndexError, TypeError, ValueError, yaml.YAMLError):  # no model-index, or a broken one
+        return {}
+    out: dict[str, float] = {}
+    for m in metrics if isinstance(metrics, list) else []:
+        if not isinstance(m, Mapping):
+            continue
+        value = m.get("value")
+        numeric = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+        if isinstance(m.get("type"), str) and numeric:
+            out[m["type"]] = float(value)
+    return out

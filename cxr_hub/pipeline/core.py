@@ -37,25 +37,14 @@ class CXRPipeline(_PrepareHalf, _AnalyzeHalf):
         device: "cpu", "cuda", a torch.device, or None for CUDA when available, else CPU. The models are moved there
             (and converted to channels_last when ``channels_last``), in place.
         chunk_size: patches per forward pass; bounds memory (activations of ``chunk_size`` patches at a time).
-        precision: classifier precision: "auto", "fp32", "bf16" (autocast on any device; slow where the CPU
-            emulates bf16) or "int8" (CPU only: the backbone quantised from the calibration in the classifier's
-            config, :mod:`cxr_hub.runtime.int8`; the head and Grad-CAM stay fp32). "auto": int8 on CPUs with int8
-            dot products (:func:`cxr_hub.runtime.hardware.cpu_has_int8`) for a classifier with a calibration, once
-            :data:`cxr_hub.runtime.int8.INT8_VALIDATED`; else bf16 autocast on CUDA and on CPUs with native bf16
-            (AMX or AVX512-BF16, :func:`cxr_hub.runtime.hardware.cpu_has_bf16`); else fp32. Decided per classifier
-            by the numeric policy (:class:`cxr_hub.runtime.numerics.NumericsPolicy`, :attr:`numerics_policy`)
-            (``settings()`` says what each runs in, and why int8 was not possible). On the CPU, bf16 (with the
-            batch norms folded, see ``fuse_batchnorm``) gave the same label as fp32 on 100 of 100 real test films
-            with a mean |Δp| of 0.0003 (``docs/results/precision_agreement_label4.json``); int8: see
-            ``docs/results/int8_agreement_label4.json``.
-        segmentation_precision: the segmentation network's precision, same choices. Its label map decides where
-            every patch goes, so "auto" turns bf16 on only where it was validated end to end on real films (see
-            :data:`cxr_hub.runtime.numerics.SEGMENTATION_BF16_VALIDATED`): only on devices with native bf16 (CUDA;
-            CPUs with AMX or AVX512-BF16), in front of an int8 classifier only once it was validated there too,
-            only with ``sampling="stable"`` (with the other samplers a mask that differs by a few pixels moves every
-            patch, and bf16 failed the check), and only without a global classifier (the global model sees the mask's
-            outline in its whole-image input: bf16 masks changed 4 of its 172 test labels). Set "fp32" for the
-            network exactly as trained (about 2x slower on this CPU).
+        precision: the classifiers' arithmetic: "auto" (default), "fp32", "bf16" (autocast) or "int8" (CPU only,
+            a classifier with an int8 calibration). The rules "auto" follows, and what each was validated on, live
+            with the numeric policy (:mod:`cxr_hub.runtime.numerics`, :attr:`numerics_policy`); ``settings()`` says
+            what each network runs in and why.
+        segmentation_precision: the segmentation network's arithmetic, "auto" (default), "fp32" or "bf16". Its label
+            map decides where every patch goes, so "auto" uses bf16 only where the end-to-end check on real films
+            passed (:data:`cxr_hub.runtime.numerics.SEGMENTATION_BF16_VALIDATED`). "fp32" runs the network exactly
+            as trained (about 2x slower on this CPU).
         fuse_batchnorm: on the reduced-precision (bf16) path, run the classifiers with every batch norm folded into
             the convolution before it (:func:`cxr_hub.runtime.fusion.fold_batchnorm`, a verified copy; ~1.5x faster
             patches on a 2-core CPU). The fp32 path always runs the models as loaded.

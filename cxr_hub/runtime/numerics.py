@@ -9,9 +9,16 @@ gates below and :data:`cxr_hub.runtime.int8.INT8_VALIDATED`):
   classifier whose config carries an int8 calibration (:mod:`cxr_hub.runtime.int8`); else bf16 autocast when
   requested, or under "auto" on CUDA and on CPUs with native bf16; else fp32. On the bf16 path the network runs with
   its batch norms folded (:mod:`cxr_hub.runtime.fusion`) when ``fuse_batchnorm``; fp32 runs the model as loaded.
+  bf16 is emulated (slow) on CPUs without AMX or AVX512-BF16 (:func:`cxr_hub.runtime.hardware.cpu_has_bf16`), so
+  "auto" does not pick it there. Measured on the CPU: bf16 with folded batch norms gave the fp32 label on 100 of 100
+  real test films, mean |Δp| 0.0003 (``docs/results/precision_agreement_label4.json``); int8:
+  ``docs/results/int8_agreement_label4.json``. ``settings()`` names the arithmetic of each network and, where int8
+  was asked for or possible, why it was not used.
 * **Segmentation** (``segmentation_precision``): its label map decides where every patch goes, so "auto" uses bf16
   only where the end-to-end check passed: native bf16, the stable sampler, no global classifier, and in front of an
-  int8 classifier only once that combination was checked.
+  int8 classifier only once that combination was checked. Only with the stable sampler: with the others a mask that
+  differs by a few pixels moves every patch, and bf16 failed the check. Only without a global classifier: the
+  global model sees the mask's outline in its whole-image input, and bf16 masks changed 4 of its 172 test labels.
 """
 
 from __future__ import annotations
