@@ -87,8 +87,8 @@ def test_draws_per_epoch_sets_the_epoch_length():
 
 
 def test_cli_validates_the_ablation_options():
-    config, _ = tc.parse_config(["--train-fraction", "0.3", "--draws-per-epoch", "633", "--no-lung-mask"])
-    assert (config.train_fraction, config.draws_per_epoch, config.lung_mask) == (0.3, 633, False)
+    config, _ = tc.parse_config(["--train-fraction", "0.3", "--draws-per-epoch", "633", "--no-lung-masked"])
+    assert (config.train_fraction, config.draws_per_epoch, config.lung_masked) == (0.3, 633, False)
     for bad in (["--train-fraction", "0"], ["--train-fraction", "1.2"], ["--draws-per-epoch", "0"]):
         with pytest.raises(SystemExit):
             tc.parse_config(bad)
@@ -156,7 +156,7 @@ def test_main_trains_on_a_fraction_without_the_mask(tmp_path, tiny_fcdensenet_co
             "--out", str(out), "--image-size", "256", "--patch-size", "64", "--input-size", "64",
             "--num-patches", "3", "--val-patches", "2", "--epochs", "1", "--batch-size", "2", "--no-augment",
             "--amp", "none", "--device", "cpu", "--n-boot", "5", "--train-fraction", "0.34",
-            "--draws-per-epoch", "4", "--no-lung-mask",
+            "--draws-per-epoch", "4", "--no-lung-masked",
         ]
     )  # fmt: skip
     assert code == 0
@@ -166,6 +166,7 @@ def test_main_trains_on_a_fraction_without_the_mask(tmp_path, tiny_fcdensenet_co
     assert sum(saved["data"]["counts"]["train"].values()) == 6
     assert saved["summary"]["steps_per_epoch"] == 2  # 4 draws, 1 image per step at batch 2 with 2 patches/image
     assert json.loads((out / "config.json").read_text())["lung_masked"] is False
+    assert saved["config"]["lung_masked"] is False and "lung_mask" not in saved["config"]  # one name in both files
     test = saved["test"]
     assert set(test["predictions"]) == set(test["truth"]) and len(test["predictions"]) == test["n"]
 
@@ -179,7 +180,7 @@ def test_every_run_has_one_budget_and_its_factor():
     for run in ablations.ABLATIONS:
         args = run.args()
         config, _ = tc.parse_config(args)
-        assert (config.mode, config.patch_size, config.lung_mask) == (run.mode, run.patch_size, run.lung_mask)
+        assert (config.mode, config.patch_size, config.lung_masked) == (run.mode, run.patch_size, run.lung_mask)
         assert config.train_fraction == run.fraction and config.lr == 3e-4 and config.l1 == 0
         steps = ablations.FULL_TRAIN_IMAGES / (config.batch_size // config.patches_per_image)
         if run.mode == "global":

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +17,7 @@ import cxr_hub.patches
 from cxr_hub import (
     CXRPipeline,
     FCDenseNetForSemanticSegmentation,
+    PatchClassifierConfig,
     PatchClassifierForImageClassification,
     image_processor_for,
 )
@@ -33,6 +38,24 @@ from training.data import manifest_fingerprint
 from training.pack_classifier_data import write_pack
 
 LABEL4 = ["normal", "bacterial", "tuberculosis", "viral_covid"]
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The training options that are model config parameters (one name for each idea, #17).
+MODEL_OPTIONS = {
+    "label_set",
+    "mode",
+    "backbone",
+    "image_size",
+    "patch_size",
+    "input_size",
+    "num_patches",
+    "patch_center_margin",
+    "lung_masked",
+    "gamma",
+    "do_equalize",
+    "image_mean",
+    "image_std",
+    "drop_rate",
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -267,11 +290,117 @@ def test_cli_overrides_and_validation(tmp_path):
     config, resume = tc.parse_config(["--config", str(cfg), "--lr", "0.002", "--mode", "global", "--no-augment"])
     assert (config.epochs, config.lr, config.mode, config.augment, resume) == (7, 0.002, "global", False, False)
     assert str(config.resolved_out()) == "models/cxr-global-resnet18"
-    assert str(tc.parse_config(["--task", "label3"])[0].resolved_out()) == "models/cxr-patch-resnet18-covidx"
+    assert str(tc.parse_config(["--label-set", "label3"])[0].resolved_out()) == "models/cxr-patch-resnet18-covidx"
     assert tc.parse_config([])[0].resolved_out().name == "cxr-patch-resnet18"
-    for bad in (["--task", "label5"], ["--pretrained", "places365"], ["--mode", "tiles"]):
+    for bad in (["--label-set", "label5"], ["--pretrained", "places365"], ["--mode", "tiles"]):
         with pytest.raises(SystemExit):
             tc.parse_config(bad)
+
+
+def test_model_options_have_the_model_configs_names_types_and_defaults():
+    config = tc.ClassifierTrainConfig()
+    options = config.model_options()
+    assert set(options) == MODEL_OPTIONS
+    model_default = PatchClassifierConfig()
+    parameters = inspect.signature(PatchClassifierConfig.__init__).parameters
+    types = {f.name: f.type for f in dataclasses.fields(config)}
+    for name, value in options.items():
+        assert value == parameters[name].default == getattr(model_default, name), name
+        assert types[name] == parameters[name].annotation, name  # the CLI parses what the model config takes
+
+
+def test_build_model_config_holds_the_training_options():
+    changed = dict(
+        label_set="label3",
+        mode="global",
+        image_size=512,
+        patch_size=112,
+        input_size=128,
+        num_patches=7,
+        patch_center_margin=0.25,
+        lung_masked=False,
+        gamma=0.7,
+        do_equalize=False,
+        image_mean=0.4,
+        image_std=0.3,
+        drop_rate=0.2,
+    )
+    config = tc.ClassifierTrainConfig(**changed)
+    model_config = tc.build_model(config, ["normal", "covid"]).config
+    for name, value in config.model_options().items():
+        assert getattr(model_config, name) == value, name
+    assert model_config.trained_classes == ["normal", "covid"] and list(model_config.label2id) == [
+        "normal",
+        "pneumonia",
+        "covid",
+    ]
+    defaults = tc.build_model(tc.ClassifierTrainConfig(), ["normal"]).config.to_dict()
+    assert defaults == PatchClassifierConfig(trained_classes=["normal"]).to_dict()
+
+
+def test_old_option_names_still_work_with_a_deprecation_warning(tmp_path):
+    with pytest.warns(DeprecationWarning) as caught:
+        config, _ = tc.parse_config(["--task", "label3", "--no-lung-mask"])
+    assert (config.label_set, config.lung_masked) == ("label3", False)
+    assert {str(w.message) for w in caught} == {
+        "--task is deprecated: use --label-set",
+        "--[no-]lung-mask is deprecated: use --[no-]lung-masked",
+    }
+    assert all(w.filename == tc.__file__ for w in caught)  # blamed on parse_config: python -m shows it
+    old = tmp_path / "old.yaml"
+    old.write_text("task: label3\nlung_mask: false\n")
+    with pytest.warns(DeprecationWarning) as caught:
+        config, _ = tc.parse_config(["--config", str(old)])
+    assert (config.label_set, config.lung_masked) == ("label3", False)
+    assert {str(w.message) for w in caught} == {
+        f"{old}: 'task' is deprecated: use 'label_set'",
+        f"{old}: 'lung_mask' is deprecated: use 'lung_masked'",
+    }
+    with pytest.warns(DeprecationWarning) as caught:  # the command line overrides the file, whatever the names
+        config, _ = tc.parse_config(["--config", str(old), "--label-set", "label4", "--lung-masked"])
+    assert (config.label_set, config.lung_masked) == ("label4", True) and len(caught) == 2
+    with pytest.warns(DeprecationWarning, match="--task"):  # both names, one value: fine
+        assert tc.parse_config(["--task", "label3", "--label-set", "label3"])[0].label_set == "label3"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the current names never warn
+        config, _ = tc.parse_config(["--label-set", "label3", "--no-lung-masked"])
+    assert (config.label_set, config.lung_masked) == ("label3", False)
+
+
+def test_old_and_new_names_that_disagree_are_an_error(tmp_path):
+    for argv in (["--task", "label3", "--label-set", "label4"], ["--no-lung-mask", "--lung-masked"]):
+        with pytest.raises(SystemExit, match=r"deprecated name of .* disagree"):
+            tc.parse_config(argv)
+    both = tmp_path / "both.yaml"
+    both.write_text("task: label3\nlabel_set: label4\n")
+    with pytest.raises(SystemExit, match=r"both\.yaml: 'task' is the deprecated name of 'label_set'"):
+        tc.parse_config(["--config", str(both)])
+
+
+def test_saved_configs_are_read_under_old_and_new_names():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a saved file is a record, not a spelling to fix: no warning
+        old = tc.ClassifierTrainConfig.from_saved({"task": "label3", "lung_mask": False, "patch_size": 112})
+    new = tc.ClassifierTrainConfig.from_saved(dataclasses.asdict(old))
+    assert old == new and (new.label_set, new.lung_masked, new.patch_size) == ("label3", False, 112)
+    with pytest.raises(ValueError, match="disagree"):
+        tc.ClassifierTrainConfig.from_saved({"task": "label3", "label_set": "label4"})
+    with pytest.raises(ValueError, match="no_such_option"):
+        tc.ClassifierTrainConfig.from_saved({"no_such_option": 1})
+
+
+@pytest.mark.parametrize("name", ["cxr-patch-resnet18", "cxr-global-resnet18", "cxr-patch-resnet18-covidx"])
+def test_shipped_training_configs_rebuild_the_shipped_model_configs(name):
+    """The shipped models' ``training_config.json`` files keep their old keys (``task``); read, they give back the
+    options of the shipped ``config.json``."""
+    folder = REPO_ROOT / "models" / name
+    if not (folder / "training_config.json").is_file():
+        pytest.skip(f"{name} absent")
+    saved = json.loads((folder / "training_config.json").read_text())["config"]
+    assert "task" in saved and "label_set" not in saved  # the files as shipped: not rewritten
+    config = tc.ClassifierTrainConfig.from_saved(saved)
+    shipped = PatchClassifierConfig.from_json_file(folder / "config.json")
+    assert config.model_options() == {k: getattr(shipped, k) for k in MODEL_OPTIONS}
 
 
 # ------------------------------------------------------------------------------------------------- cache and pack

@@ -6,7 +6,7 @@ predictions). Every run shares one recipe and one budget, so runs differ only in
 
 * **Patch size** (the paper's Table XVII): patches of 112, 224 or 448 pixels cut from the 1024 frame, each resized
   to the network's 224 input (equal compute per patch; the field of view changes).
-* **Lung mask** (Table XVI): lung-masked frames (the paper) against whole frames (``--no-lung-mask``; patch centres
+* **Lung mask** (Table XVI): lung-masked frames (the paper) against whole frames (``--no-lung-masked``; patch centres
   still lie in the lungs, and ``config.lung_masked = False`` makes the pipeline feed such a model unmasked frames).
 * **Training-set size** (Fig. 12): 100 / 50 / 30 / 10 % of each class's training patients (nested subsets), for the
   patch and the global classifier. ``draws_per_epoch`` stays at the full set's size, so every run takes the same
@@ -57,7 +57,7 @@ FULL_TRAIN_IMAGES = 633
 
 #: Recipe shared by every ablation run (train_classifier CLI options).
 BUDGET: tuple[str, ...] = (
-    "--task",
+    "--label-set",
     "label4",
     "--lr",
     "3e-4",
@@ -142,7 +142,7 @@ class Ablation:
         if self.mode == "patch":
             out += ["--patches-per-image", "2"]
         if not self.lung_mask:
-            out.append("--no-lung-mask")
+            out.append("--no-lung-masked")
         if self.fraction < 1.0:
             out += ["--train-fraction", str(self.fraction), "--draws-per-epoch", str(FULL_TRAIN_IMAGES)]
         if self.segmentation != "fcdensenet103":

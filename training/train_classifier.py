@@ -16,15 +16,19 @@ with the other scripts. ImageNet weights are not reachable offline: the default 
 says so); ``--pretrained imagenet`` loads timm's weights where there is internet.
 
 Usage:
-    python -m training.train_classifier [--task label4|label3] [--mode patch|global] [--pack DIR]
+    python -m training.train_classifier [--label-set label4|label3] [--mode patch|global] [--pack DIR]
         [--segmentation models/cxr-lung-seg-fcdensenet103] [--epochs 100] [--max-minutes 8] [--resume]
         [--config cfg.yaml] [--KEY VALUE ...]
 
-Every field of ``ClassifierTrainConfig`` is a CLI option. The run directory keeps ``last/`` (resume point) and
-``best/`` (best validation macro F1); the best model is exported as a Hub folder (``--out``, by default
-``models/cxr-patch-resnet18`` for label4 patch, ``models/cxr-global-resnet18`` for label4 global and
-``models/cxr-patch-resnet18-covidx`` for label3 patch) with fp16 safetensors, its image processor, the test
-metrics, the final training config (``training_config.json``) and a model card.
+Every field of ``ClassifierTrainConfig`` is a CLI option; those that are :class:`PatchClassifierConfig` parameters
+(``--label-set``, ``--patch-size``, ``--lung-masked``, ...) have its names and defaults and go into the exported
+model's config as given. ``--task`` and ``--lung-mask/--no-lung-mask`` (and the keys ``task`` and ``lung_mask`` of a
+``--config`` file) are the deprecated names of ``--label-set`` and ``--lung-masked``.
+
+The run directory keeps ``last/`` (resume point) and ``best/`` (best validation macro F1); the best model is exported
+as a Hub folder (``--out``, by default ``models/cxr-patch-resnet18`` for label4 patch, ``models/cxr-global-resnet18``
+for label4 global and ``models/cxr-patch-resnet18-covidx`` for label3 patch) with fp16 safetensors, its image
+processor, the test metrics, the final training config (``training_config.json``) and a model card.
 
 Definitions:
 
@@ -49,7 +53,7 @@ Definitions:
 * **L1 penalty**: ``l1 * sum(|w|)`` over the weights of every convolution and linear layer (biases and
   batch-norm parameters excluded: they carry no sparsity meaning), added to the cross-entropy.
 * **Ablations** (``training/ablations.py``): ``train_fraction`` keeps a patient-level, class-stratified share of the
-  training patients (nested across fractions); ``--no-lung-mask`` trains on the whole preprocessed frame (patch
+  training patients (nested across fractions); ``--no-lung-masked`` trains on the whole preprocessed frame (patch
   centres still lie in the lungs) and sets ``config.lung_masked = False`` so the pipeline feeds it unmasked frames.
 * **Shortcut experiments** (#16): ``--source-balanced`` draws each collection of a class equally often;
   ``--scanner-augment P`` adds scanner-like degradations to a share P of the patches; ``--patch-center-margin M``
@@ -67,11 +71,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import math
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,12 +99,12 @@ from training.classifier_data import (
     global_frames,
     hold_out_source_normals,
 )
-from training.config import parse_dataclass_config
+from training.config import current_names, parse_dataclass_config
 from training.runtime import autocast_dtype, out_of_budget, restore_training, save_training_state
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-#: Default export folder per (task, mode): the shipped model of that role (cxr_hub.presets.SHIPPED); a label3 global
-#: model does not ship, so it gets a folder of its own beside the others.
+#: Default export folder per (label set, mode): the shipped model of that role (cxr_hub.presets.SHIPPED); a label3
+#: global model does not ship, so it gets a folder of its own beside the others.
 DEFAULT_OUT: dict[tuple[str, str], str] = {
     **{(m.label_set, m.role): repo_relative_folder(key) for key, m in SHIPPED.items() if m.label_set is not None},
     ("label3", "global"): "models/cxr-global-resnet18-covidx",
@@ -112,45 +117,61 @@ DATA_SOURCES = (
     "JSRT digitised PA films (normal, non-nodule), the Cohen COVID-19 image data collection (COVID-19 and other "
     "viral, bacterial, normal; frontal views), NIH ChestX-ray14 (No Finding, Pneumonia)"
 )
+#: Training options renamed to the model config's names (#17): old name → name now. The old CLI options and YAML keys
+#: still work, with a DeprecationWarning; saved ``training_config.json`` files (the shipped models') keep the old keys.
+RENAMED: dict[str, str] = {"task": "label_set", "lung_mask": "lung_masked"}
+#: The model config's parameters: a training option of the same name takes its default and is passed on to it.
+MODEL_PARAMETERS = inspect.signature(PatchClassifierConfig.__init__).parameters
+
+
+def _model_default(name: str) -> Any:
+    """:class:`PatchClassifierConfig`'s default of ``name``, so a model option has its default in one place."""
+    return MODEL_PARAMETERS[name].default
 
 
 @dataclass
 class ClassifierTrainConfig:
-    """Typed training config; every field is also a ``--field-name`` CLI option."""
+    """Typed training config; every field is also a ``--field-name`` CLI option.
 
-    task: str = (
-        "label4"  # "label4" (normal, bacterial, tuberculosis, viral_covid) or "label3" (normal, pneumonia, covid)
-    )
-    mode: str = "patch"  # "patch" (random lung patches, majority vote) or "global" (whole masked image)
+    The fields named like a :class:`PatchClassifierConfig` parameter (``label_set``, ``mode``, ``backbone``, the
+    frame and patch sizes, ``num_patches``, ``patch_center_margin``, the normalisation, ``drop_rate``, the
+    preprocessing, ``lung_masked``) take its defaults and are its values in the trained model (:meth:`model_options`);
+    the model config's docstring says what they mean.
+    """
+
+    # "label4" (normal, bacterial, tuberculosis, viral_covid) or "label3" (normal, pneumonia, covid)
+    label_set: str = _model_default("label_set")
+    mode: str = _model_default("mode")  # "patch" (random lung patches, majority vote) or "global" (whole masked image)
     data: str | None = None  # data folder (else env CXR_DATA, else ../shared/data/cxr)
     split_file: str | None = None  # patient-level split JSON (default: training/splits/splits_seed0.json)
     pack: str | None = None  # read a pack (training/pack_classifier_data.py) instead of the shared data
     segmentation: str = DEFAULT_SEGMENTATION  # lung masks come from this model (cached once)
     cache_dir: str = "data_cache"
-    run_dir: str | None = None  # default: runs/classifier-<task>-<mode>
+    run_dir: str | None = None  # default: runs/classifier-<label_set>-<mode>
     out: str | None = None  # Hub folder for the best model (default: see DEFAULT_OUT)
-    backbone: str = "resnet18"
+    backbone: str = _model_default("backbone")
     pretrained: str = "none"  # "none": from scratch; "imagenet": timm weights (needs internet)
-    image_size: int = 1024  # side of the masked frame patches are cut from
-    patch_size: int = 224
-    input_size: int = 224
-    num_patches: int = 100  # K at test time (saved as config.num_patches)
+    image_size: int = _model_default("image_size")  # side of the masked frame patches are cut from
+    patch_size: int = _model_default("patch_size")
+    input_size: int = _model_default("input_size")
+    num_patches: int = _model_default("num_patches")  # K at test time
     val_patches: int = 25  # K for the per-epoch validation vote (CPU-friendly; the final test uses num_patches)
     patches_per_image: int = 1  # patches cut from each drawn image in a training step
     # patch centres at least this share of the patch side deep in the lung (saved in the model config, which the
     # pipeline follows); 0: anywhere in the lung (the paper)
-    patch_center_margin: float = 0.0
+    patch_center_margin: float = _model_default("patch_center_margin")
     draws_per_epoch: int | None = None  # image draws per epoch (default: the number of training images)
     train_fraction: float = 1.0  # share of each class's training patients (patient-level; the Fig. 12 ablation)
     # leave-one-source-out: the normal films of this source (e.g. jsrt, nih) are removed from training and
     # validation, and all of them (every split) are scored after training as films of a collection never seen
     hold_out_source: str | None = None
-    lung_mask: bool = True  # train on lung-masked frames (the paper); False: whole frames (the Table XVI ablation)
-    gamma: float | None = 0.5
-    do_equalize: bool = True
-    image_mean: float = 0.5
-    image_std: float = 0.25
-    drop_rate: float = 0.0
+    # train on lung-masked frames (the paper); False: whole frames (the Table XVI ablation)
+    lung_masked: bool = _model_default("lung_masked")
+    gamma: float | None = _model_default("gamma")
+    do_equalize: bool = _model_default("do_equalize")
+    image_mean: float = _model_default("image_mean")
+    image_std: float = _model_default("image_std")
+    drop_rate: float = _model_default("drop_rate")
     epochs: int = 100
     batch_size: int = 16  # patches (patch mode) or images (global mode) per optimiser step
     lr: float = 1e-5
@@ -180,9 +201,29 @@ class ClassifierTrainConfig:
     fp16_storage: bool = True  # store the exported weights in fp16 (they load as float32)
     notes: list[str] = field(default_factory=list)
 
+    @classmethod
+    def from_saved(cls, values: Mapping[str, Any]) -> ClassifierTrainConfig:
+        """The config a run saved (``training_config.json["config"]``), old option names included.
+
+        Files written before the rename (the shipped models' among them) keep the old names (``task``, ``lung_mask``):
+        they are read without a warning. Options a file predates take today's defaults.
+
+        Raises:
+            ValueError: a key that is no option (any more), or an old and a current name with different values.
+        """
+        values = current_names(values, RENAMED, warn=False)
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"Not options of {cls.__name__}: {sorted(unknown)}")
+        return cls(**values)
+
+    def model_options(self) -> dict[str, Any]:
+        """The options that are :class:`PatchClassifierConfig` parameters, by name (what :func:`build_model` passes)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in MODEL_PARAMETERS}
+
     def resolved_run_dir(self) -> Path:
-        """The run directory (default ``runs/classifier-<task>-<mode>``)."""
-        return Path(self.run_dir or f"runs/classifier-{self.task}-{self.mode}")
+        """The run directory (default ``runs/classifier-<label_set>-<mode>``)."""
+        return Path(self.run_dir or f"runs/classifier-{self.label_set}-{self.mode}")
 
     def resolved_out(self) -> Path:
         """The export folder (default from :data:`DEFAULT_OUT`; a held-out-source run exports into its run dir)."""
@@ -190,13 +231,17 @@ class ClassifierTrainConfig:
             return Path(self.out)
         if self.hold_out_source:
             return self.resolved_run_dir() / "export"  # an experiment never replaces a shipped model by default
-        return Path(DEFAULT_OUT[(self.task, self.mode)])
+        return Path(DEFAULT_OUT[(self.label_set, self.mode)])
 
 
 def parse_config(argv: list[str] | None = None) -> tuple[ClassifierTrainConfig, bool]:
     """Builds the config from defaults, an optional YAML file and CLI overrides (in that order)."""
-    config, resume = parse_dataclass_config(ClassifierTrainConfig, argv, __doc__.split("\n\n")[0])
-    checks = {"task": (config.task, TASKS), "mode": (config.mode, MODES), "pretrained": (config.pretrained, PRETRAINED)}
+    config, resume = parse_dataclass_config(ClassifierTrainConfig, argv, __doc__.split("\n\n")[0], renamed=RENAMED)
+    checks = {
+        "label-set": (config.label_set, TASKS),
+        "mode": (config.mode, MODES),
+        "pretrained": (config.pretrained, PRETRAINED),
+    }
     for key, (value, allowed) in checks.items():
         if value not in allowed:
             raise SystemExit(f"--{key} must be one of {allowed}, got {value!r}")
@@ -221,10 +266,10 @@ def trained_classes(data: ClassifierData) -> list[str]:
 def build_model(
     config: ClassifierTrainConfig, trained: list[str], load_pretrained: bool = True
 ) -> PatchClassifierForImageClassification:
-    """A fresh classifier; every class of the task stays in the head, ``trained_classes`` lists the learnt ones.
+    """A fresh classifier; every class of the label set stays in the head, ``trained_classes`` lists the learnt ones.
 
     Args:
-        config: the training config (architecture, frame, label set, ``pretrained``).
+        config: the training config (its :meth:`~ClassifierTrainConfig.model_options` and ``pretrained``).
         trained: classes with training images.
         load_pretrained: load ImageNet weights when ``config.pretrained == "imagenet"`` (False when resuming: the
             checkpoint replaces them anyway, and a resume should not need the network).
@@ -232,23 +277,7 @@ def build_model(
     Raises:
         SystemExit: ImageNet weights were asked for and cannot be loaded (no internet), with what to do instead.
     """
-    model_config = PatchClassifierConfig(
-        backbone=config.backbone,
-        label_set=config.task,
-        mode=config.mode,
-        image_size=config.image_size,
-        patch_size=config.patch_size,
-        input_size=config.input_size,
-        num_patches=config.num_patches,
-        patch_center_margin=config.patch_center_margin,
-        image_mean=config.image_mean,
-        image_std=config.image_std,
-        drop_rate=config.drop_rate,
-        gamma=config.gamma,
-        do_equalize=config.do_equalize,
-        trained_classes=trained,
-        lung_masked=config.lung_mask,
-    )
+    model_config = PatchClassifierConfig(**config.model_options(), trained_classes=trained)
     model = PatchClassifierForImageClassification(model_config)
     if config.pretrained == "imagenet" and load_pretrained:
         try:
@@ -377,7 +406,7 @@ class InputMaker:
                 raise ValueError(f"Frames are {data.image_size} px but config.image_size is {config.image_size}.")
             self.frames = torch.from_numpy(data.frames).to(device)
         else:
-            self.frames = torch.from_numpy(global_frames(data, config.input_size, config.lung_mask)).to(device)
+            self.frames = torch.from_numpy(global_frames(data, config.input_size, config.lung_masked)).to(device)
 
     def patch_boxes(self, i: int, k: int, rng: np.random.Generator) -> np.ndarray:
         """(k, 4) patch boxes of image i from the pipeline's sampler (centres uniform over the lung pixels, or over
@@ -688,7 +717,7 @@ def training_card_info(
     config: ClassifierTrainConfig, summary: dict[str, Any], info: dict[str, Any], test: dict[str, Any] | None
 ) -> dict[str, Any]:
     """The card's training section: data and counts, initialisation, recipe, budget."""
-    names = list(LABEL_SETS[config.task])
+    names = list(LABEL_SETS[config.label_set])
     trained = summary["trained_classes"]
     untrained = summary["untrained_classes"]
     init = (
@@ -710,7 +739,7 @@ def training_card_info(
         else f"the whole lung-masked frame resized to {config.input_size}x{config.input_size}"
     )
     description = (
-        f"{init}{absent}\n\nData: {DATA_SOURCES}; task `{config.task}`, classes {', '.join(names)}. Patient-level "
+        f"{init}{absent}\n\nData: {DATA_SOURCES}; task `{config.label_set}`, classes {', '.join(names)}. Patient-level "
         f"split (70/10/20 % by patient, stratified by class and source; `training/splits/splits_seed0.json`). "
         f"Input: {what}. Lung masks from the segmentation model (fingerprint "
         f"`{info.get('segmentation_fingerprint')}`), computed once and cached.\n\nImages per class:\n\n"
@@ -770,7 +799,7 @@ def training_card_info(
             f"{test['n']} held-out images of the test split, "
             + (f"K={test['k']} patches (seed {test['seed']})" if config.mode == "patch" else "whole images")
             + ", scored from the training inputs above; `python -m cxr_hub evaluate --manifest DATA --task "
-            f"{config.task} {flag} {config.resolved_out()} --split-file training/splits/splits_seed0.json "
+            f"{config.label_set} {flag} {config.resolved_out()} --split-file training/splits/splits_seed0.json "
             "--split classification:test` re-runs it end to end on the original images. Macro averages over the "
             "classes present in the test set."
         )
@@ -816,7 +845,7 @@ def main(argv: list[str] | None = None) -> int:
     config, resume = parse_config(argv)
     try:
         splits, info = load_task_splits(
-            config.task,
+            config.label_set,
             data=config.data,
             pack=config.pack,
             segmentation=config.segmentation,
@@ -827,7 +856,7 @@ def main(argv: list[str] | None = None) -> int:
             gamma=config.gamma,
             device=config.device,
             limit=config.limit,
-            lung_mask=config.lung_mask,
+            lung_mask=config.lung_masked,
         )
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from exc
