@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import itertools
 import json
 import warnings
 from pathlib import Path
@@ -136,6 +137,24 @@ def test_training_resumes(tmp_path):
     assert resumed["history"][0] == first["history"][0]
     with pytest.raises(SystemExit, match="nothing to resume"):
         tc.train(_config(tmp_path / "other", epochs=1), data, data, resume=True)
+
+
+def test_cosine_schedule_decays_after_its_start_and_resumes_on_the_same_rates(tmp_path):
+    config = tc.ClassifierTrainConfig(lr=3e-4, epochs=100, lr_schedule="cosine", lr_decay_start=40)
+    rates = [tc.epoch_lr(config, e) for e in range(1, 101)]
+    assert rates[:40] == [3e-4] * 40  # constant up to the start
+    assert all(a > b for a, b in itertools.pairwise(rates[39:]))  # then strictly down
+    assert rates[-1] == pytest.approx(3e-6) and rates[69] == pytest.approx((3e-4 + 3e-6) / 2)
+    assert {tc.epoch_lr(tc.ClassifierTrainConfig(lr=1e-3), e) for e in (1, 50, 100)} == {1e-3}
+    # the optimiser runs each epoch at the schedule's rate, also after a resume (its saved state had the old rate)
+    data = synthetic_data()
+    kw = dict(lr=1e-3, lr_schedule="cosine", lr_decay_start=1, lr_min_factor=0.1)
+    tc.train(_config(tmp_path, epochs=1, **kw), data, data.subset([0, 1, 2]))
+    resumed = tc.train(_config(tmp_path, epochs=3, **kw), data, data.subset([0, 1, 2]), resume=True)
+    assert [h["lr"] for h in resumed["history"]] == pytest.approx([1e-3, 5.5e-4, 1e-4])
+    for bad in (["--lr-schedule", "step"], ["--lr-decay-start", "-1"], ["--lr-min-factor", "2"]):
+        with pytest.raises(SystemExit):
+            tc.parse_config(bad)
 
 
 @pytest.mark.slow

@@ -10,10 +10,11 @@ model finds (computed once and cached, see ``training/classifier_data.py``).
   ``num_patches`` (K = 100).
 * ``--mode global``: the whole masked frame resized to 224.
 
-Defaults: Adam lr 1e-5, weight decay 1e-4, L1 penalty 1e-5 on the convolution and linear weights, batch 16 patches,
-up to 100 epochs, early stopping on the validation macro F1, class-balanced sampling, patient-level split shared
-with the other scripts. ImageNet weights are not reachable offline: the default is training from scratch (the card
-says so); ``--pretrained imagenet`` loads timm's weights where there is internet.
+Defaults: Adam lr 1e-5 (constant; ``--lr-schedule cosine`` decays it), weight decay 1e-4, L1 penalty 1e-5 on the
+convolution and linear weights, batch 16 patches, up to 100 epochs, early stopping on the validation macro F1,
+class-balanced sampling, patient-level split shared with the other scripts. ImageNet weights are not reachable offline:
+the default is training from scratch (the card says so); ``--pretrained imagenet`` loads timm's weights where there is
+internet.
 
 Usage:
     python -m training.train_classifier [--label-set label4|label3] [--mode patch|global] [--pack DIR]
@@ -175,6 +176,12 @@ class ClassifierTrainConfig:
     epochs: int = 100
     batch_size: int = 16  # patches (patch mode) or images (global mode) per optimiser step
     lr: float = 1e-5
+    # "constant" (the paper) or "cosine": from epoch lr_decay_start + 1 the rate follows a half cosine down to
+    # lr_min_factor x lr at the last epoch. A function of the epoch number only, so a resumed run gets the rates an
+    # uninterrupted one would have had, and a constant-rate run can be continued with a decay (--resume).
+    lr_schedule: str = "constant"
+    lr_decay_start: int = 0
+    lr_min_factor: float = 0.01
     weight_decay: float = 1e-4
     l1: float = 1e-5
     balanced_sampling: bool = True
@@ -234,6 +241,24 @@ class ClassifierTrainConfig:
         return Path(DEFAULT_OUT[(self.label_set, self.mode)])
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def epoch_lr(config: ClassifierTrainConfig, epoch: int) -> float:
+    """The learning rate of a (1-based) epoch under ``config.lr_schedule``.
+
+    Returns:
+        ``config.lr`` up to epoch ``lr_decay_start`` (and always for "constant"), then a half cosine that reaches
+        ``lr_min_factor * lr`` at epoch ``config.epochs``.
+    """
+    if config.lr_schedule == "constant" or epoch <= config.lr_decay_start:
+        return config.lr
+    span = max(1, config.epochs - config.lr_decay_start)
+    progress = min(1.0, (epoch - config.lr_decay_start) / span)
+    low = config.lr * config.lr_min_factor
+    return low + (config.lr - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def parse_config(argv: list[str] | None = None) -> tuple[ClassifierTrainConfig, bool]:
     """Builds the config from defaults, an optional YAML file and CLI overrides (in that order)."""
     config, resume = parse_dataclass_config(ClassifierTrainConfig, argv, __doc__.split("\n\n")[0], renamed=RENAMED)
@@ -241,6 +266,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[ClassifierTrainConfig, 
         "label-set": (config.label_set, TASKS),
         "mode": (config.mode, MODES),
         "pretrained": (config.pretrained, PRETRAINED),
+        "lr-schedule": (config.lr_schedule, LR_SCHEDULES),
     }
     for key, (value, allowed) in checks.items():
         if value not in allowed:
@@ -251,6 +277,11 @@ def parse_config(argv: list[str] | None = None) -> tuple[ClassifierTrainConfig, 
         raise SystemExit("--draws-per-epoch must be at least 1")
     if not 0.0 < config.train_fraction <= 1.0:
         raise SystemExit(f"--train-fraction must be in (0, 1], got {config.train_fraction}")
+    if config.lr_decay_start < 0 or not 0.0 <= config.lr_min_factor <= 1.0:
+        raise SystemExit(
+            f"--lr-decay-start must be >= 0 and --lr-min-factor in [0, 1], got {config.lr_decay_start} and "
+            f"{config.lr_min_factor}"
+        )
     if not 0.0 <= config.patch_center_margin <= 0.5:
         raise SystemExit(
             f"--patch-center-margin must be in [0, 0.5] (a share of the patch side), got {config.patch_center_margin}"
@@ -615,6 +646,8 @@ def train(
     while state["epoch"] < config.epochs:
         epoch = state["epoch"] + 1
         epoch_start = time.time()
+        for group in optimizer.param_groups:  # set every epoch: a resumed optimiser state carries its last rate
+            group["lr"] = epoch_lr(config, epoch)
         model.train()
         draws = epoch_draws(train_maker, config, epoch)
         ce_losses, l1_losses = [], []
@@ -753,7 +786,14 @@ def training_card_info(
         "initialisation": "from scratch" if config.pretrained == "none" else "ImageNet (timm)",
         "trained_classes": trained,
         "untrained_classes": untrained or None,
-        "optimiser": f"Adam lr {config.lr}, weight decay {config.weight_decay}, batch {config.batch_size} "
+        "optimiser": f"Adam lr {config.lr}"
+        + (
+            f" (cosine decay from epoch {config.lr_decay_start + 1} to {config.lr_min_factor:g} x lr at epoch "
+            f"{config.epochs})"
+            if config.lr_schedule == "cosine"
+            else ""
+        )
+        + f", weight decay {config.weight_decay}, batch {config.batch_size} "
         f"{'patches' if config.mode == 'patch' else 'images'}, L1 {config.l1} on conv/linear weights",
         "sampling": (
             (
