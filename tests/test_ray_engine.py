@@ -24,7 +24,7 @@ from conftest import REPO_ROOT, synthetic_cxr
 from PIL import Image
 
 # Before Ray is imported anywhere in this process: a local instance then takes 127.0.0.1 as its node address and
-# binds its servers there (loopback only); see cxr_hub.ray_batch._connect.
+# binds its servers there (loopback only); see cxr_hub.ray_batch.cluster._connect.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from cxr_hub import ray_batch
@@ -332,7 +332,7 @@ def test_interrupted_run_resumes_from_its_parts(
         def not_here(*args: object) -> None:
             raise AssertionError("through Ray Client the dataset must run on the cluster, not in the client")
 
-        client.setattr(ray_batch, "_dataset", not_here)
+        client.setattr(ray_batch.cluster, "_dataset", not_here)
         with deadline(100):
             summary = ray_batch.predict_on_ray(
                 ray_batch.list_inputs(listing), out, spec(tiny_model_folders), options, resume=True
