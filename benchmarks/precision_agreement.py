@@ -29,7 +29,7 @@ Usage::
 
     .venv/bin/python benchmarks/precision_agreement.py --classifier models/cxr-patch-resnet18 \
         [--manifest ../shared/data/cxr/manifest.csv] [--task label4] [--split classification:test] [--limit 100] \
-        [--k 100] [--json docs/precision_agreement_label4.json] [--segmentation-bf16] \
+        [--k 100] [--json docs/results/precision_agreement_label4.json] [--segmentation-bf16] \
         [--global-classifier models/cxr-global-resnet18] [--sampling stable]
 
 With ``--global-classifier`` the global classifier's label and image probabilities are compared too (``global_*``

@@ -231,7 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k-max", type=int, default=200)
     parser.add_argument("--ks", default=",".join(map(str, DEFAULT_KS)), help="comma-separated K values")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--amp", default="none", help="auto, bf16 or none (fp32, the pipeline's CPU default)")
+    parser.add_argument(
+        "--amp",
+        default="none",
+        help="none (fp32, the default here), bf16, or auto: bf16 on a CPU with native bf16 (the committed run), else "
+        "fp32. The pipeline's own default (precision 'auto') runs classifiers in bf16 on such CPUs, or in int8 where "
+        "the CPU has int8 dot products and the classifier's config carries a calibration; this script has no int8",
+    )
     parser.add_argument("--cache-dir", default="data_cache")
     parser.add_argument("--limit", type=int, help="at most this many images (smoke runs)")
     parser.add_argument("--out", required=True)

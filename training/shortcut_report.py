@@ -19,9 +19,15 @@ measures that, for one classifier and one segmentation model:
 Leave-one-source-out training (train without JSRT normals, test on them; the same for NIH) needs training runs and
 lives with the classifier training (:mod:`training.train_classifier`).
 
-Usage:
+Usage (``training.results_tables`` names each row by its file, ``docs/results/shortcuts_<model folder>.json``; a
+global model is scored on the CSV's ``global_prediction`` column)::
+
     python -m training.shortcut_report --classifier models/cxr-patch-resnet18 \
-        --predictions docs/results/label4_test/predictions.csv --out docs/results/shortcuts_label4.json
+        --segmentation models/cxr-lung-seg-fcdensenet103 --predictions docs/results/label4_test/predictions.csv \
+        --out docs/results/shortcuts_cxr-patch-resnet18.json
+    python -m training.shortcut_report --classifier models/cxr-global-resnet18 \
+        --segmentation models/cxr-lung-seg-fcdensenet103 --predictions docs/results/label4_test/predictions.csv \
+        --prediction-column global_prediction --out docs/results/shortcuts_cxr-global-resnet18.json
 """
 
 from __future__ import annotations
