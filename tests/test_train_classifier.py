@@ -139,6 +139,24 @@ def test_training_resumes(tmp_path):
         tc.train(_config(tmp_path / "other", epochs=1), data, data, resume=True)
 
 
+@pytest.mark.slow
+def test_select_by_loss_or_the_last_epoch(tmp_path):
+    data = synthetic_data()
+    val = data.subset([0, 1, 2])
+    kw = dict(epochs=3, overfit_one_batch=False, augment=True)
+    summary = tc.train(_config(tmp_path, select="loss", **kw), data, val)
+    losses = [h["val_loss"] for h in summary["history"]]
+    assert summary["selected_by"] == "loss" and summary["best_epoch"] == 1 + int(np.argmin(losses))
+    # best/ holds only the chosen epoch: the other criterion cannot be applied afterwards
+    with pytest.raises(SystemExit, match="chosen by loss"):
+        tc.train(_config(tmp_path, select="macro_f1", **kw), data, val, resume=True)
+    # the final epoch can: last/ is always kept
+    again = tc.train(_config(tmp_path, select="last", **kw), data, val, resume=True)
+    assert again["best_epoch"] == 3 and again["best_validation"] is not None and len(again["history"]) == 3
+    with pytest.raises(SystemExit):
+        tc.parse_config(["--select", "best"])
+
+
 def test_cosine_schedule_decays_after_its_start_and_resumes_on_the_same_rates(tmp_path):
     config = tc.ClassifierTrainConfig(lr=3e-4, epochs=100, lr_schedule="cosine", lr_decay_start=40)
     rates = [tc.epoch_lr(config, e) for e in range(1, 101)]
@@ -550,3 +568,18 @@ def test_main_end_to_end_from_data_and_from_pack(tmp_path, tiny_fcdensenet_confi
     saved2 = json.loads((out2 / "training_config.json").read_text())
     assert saved2["data"]["counts"] == saved["data"]["counts"] and "pack" in saved2["data"]["source"]
     assert saved2["test"] is None
+
+    # a finished run re-exported from its final epoch (--resume --select last): no training, last/ is exported
+    out3 = tmp_path / "models" / "clf3"
+    code = tc.main(
+        ["--pack", str(tmp_path / "pack"), "--run-dir", str(tmp_path / "run2"), "--out", str(out3), "--no-test-eval",
+         "--resume", "--select", "last", *common]
+    )  # fmt: skip
+    assert code == 0
+    saved3 = json.loads((out3 / "training_config.json").read_text())
+    assert saved3["summary"]["selected_by"] == "last" and saved3["summary"]["best_epoch"] == 1
+    assert len(saved3["summary"]["history"]) == 1  # nothing was trained again
+    last = PatchClassifierForImageClassification.from_pretrained(tmp_path / "run2" / "last").eval()
+    with torch.no_grad():
+        got = PatchClassifierForImageClassification.from_pretrained(out3).eval()(x).logits
+        torch.testing.assert_close(got, last(x).logits, atol=2e-2, rtol=2e-2)

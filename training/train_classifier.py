@@ -63,9 +63,11 @@ Definitions:
   removes the normal films of collection S from training and validation and, after training, scores all of them
   (every split) in ``held_out_metrics.json`` and ``training_config.json["held_out"]``; such a run exports into its
   run directory unless ``--out`` is given.
-* **Selection**: the best epoch has the highest validation macro F1 (over the classes present in validation);
-  ties go to the lower validation loss. Early stopping after ``early_stopping_patience`` epochs without a better
-  epoch.
+* **Selection** (``--select``): by default the best epoch has the highest validation macro F1 (over the classes
+  present in validation); ties go to the lower validation loss. ``--select loss`` takes the lowest validation loss,
+  ``--select last`` the final epoch. Early stopping after ``early_stopping_patience`` epochs without a better epoch
+  (not with ``last``). A finished run can be re-exported from its final epoch with ``--resume --select last``; the
+  other two choices cannot be changed after training (only the chosen epoch's weights were kept).
 """
 
 from __future__ import annotations
@@ -188,7 +190,11 @@ class ClassifierTrainConfig:
     # within each class, every source (collection) drawn equally often: a class whose films come mostly from one
     # collection no longer teaches that collection's look (only with balanced_sampling)
     source_balanced: bool = False
-    early_stopping_patience: int = 20  # epochs without a better validation macro F1
+    early_stopping_patience: int = 20  # epochs without a better validation macro F1 (or loss, with select="loss")
+    # which checkpoint is tested and exported: "macro_f1" (the best validation macro F1, ties to the lower loss; the
+    # paper's way), "loss" (the lowest validation loss of the vote: smoother when a class has a handful of validation
+    # films) or "last" (the final epoch, e.g. at the end of a cosine decay; no early stopping)
+    select: str = "macro_f1"
     augment: bool = True
     # share of training patches that also get the scanner augmentation (blur or unsharp masking, noise, JPEG
     # re-encoding, downsample-upsample: what the histogram equalisation leaves of another scanner; scanner_augment)
@@ -242,6 +248,7 @@ class ClassifierTrainConfig:
 
 
 LR_SCHEDULES = ("constant", "cosine")
+SELECTIONS = ("macro_f1", "loss", "last")
 
 
 def epoch_lr(config: ClassifierTrainConfig, epoch: int) -> float:
@@ -267,6 +274,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[ClassifierTrainConfig, 
         "mode": (config.mode, MODES),
         "pretrained": (config.pretrained, PRETRAINED),
         "lr-schedule": (config.lr_schedule, LR_SCHEDULES),
+        "select": (config.select, SELECTIONS),
     }
     for key, (value, allowed) in checks.items():
         if value not in allowed:
@@ -628,6 +636,13 @@ def train(
     last_dir = run_dir / "last"
     if resume:
         state = restore_training(last_dir, model, optimizer, device)
+        chosen_by = state.get("select", "macro_f1")  # runs saved before --select existed chose by macro F1
+        if chosen_by != config.select and config.select != "last":
+            raise SystemExit(
+                f"--select {config.select}: this run's best/ was chosen by {chosen_by} and the other epochs' weights "
+                f"were not kept; resume with --select {chosen_by}, or --select last (the final epoch, in last/)"
+            )
+    state["select"] = config.select
     amp = autocast_dtype(config.amp, device)
     l1_params = l1_parameters(model)
     train_maker = InputMaker(train_data, config, device)
@@ -686,8 +701,12 @@ def train(
         state["history"].append(record)
         tqdm.write(json.dumps(record))
         state["epoch"] = epoch
-        key = [f1, -val_out["loss"]]  # macro F1 first, then the lower validation loss
-        if state["best"] is None or key > state["best"]:
+        state["last_val"] = val
+        # macro F1 first, then the lower validation loss; or the loss alone; "last" keeps no best/ (main reads last/)
+        key = [f1, -val_out["loss"]] if config.select == "macro_f1" else [-val_out["loss"]]
+        if config.select == "last":
+            state.update(best_epoch=epoch, stale=0, best_val=val)
+        elif state["best"] is None or key > state["best"]:
             state.update(best=key, best_epoch=epoch, stale=0, best_val=val)
             model.save_pretrained(run_dir / "best")
         else:
@@ -695,15 +714,18 @@ def train(
         model.save_pretrained(last_dir)
         save_training_state(last_dir, optimizer, state)
         if state["stale"] >= config.early_stopping_patience:
-            tqdm.write(f"early stopping: no better validation macro F1 for {state['stale']} epochs")
+            tqdm.write(f"early stopping: no better validation {config.select} for {state['stale']} epochs")
             break
         epochs_this_run += 1
         if out_of_budget(start_time, epochs_this_run, config.max_minutes):
             tqdm.write(f"stopping: the {config.max_minutes}-minute budget would be exceeded by another epoch")
             break
+    if config.select == "last":  # also when a finished run is re-exported: the final epoch is the chosen one
+        state.update(best_epoch=state["epoch"], best_val=state.get("last_val"))
     return {
         "epochs_run": state["epoch"],
         "best_epoch": state["best_epoch"],
+        "selected_by": config.select,
         "best_validation": state.get("best_val"),
         "history": state["history"],
         "trained_classes": trained,
@@ -822,11 +844,16 @@ def training_card_info(
         )
         if config.augment
         else "none",
-        "model selection": f"validation macro F1 ({config.val_patches} patches per image in patch mode), early "
-        f"stopping after {config.early_stopping_patience} epochs without improvement",
+        "model selection": (
+            "the final epoch"
+            if config.select == "last"
+            else f"validation {'macro F1' if config.select == 'macro_f1' else 'loss'} ({config.val_patches} patches "
+            f"per image in patch mode), early stopping after {config.early_stopping_patience} epochs without "
+            "improvement"
+        ),
         "budget": f"{summary['epochs_run']} epochs ({summary['steps_per_epoch']} steps each) in "
         f"{summary['minutes']} min on {summary['device']} (autocast {summary['autocast']}); "
-        f"best epoch {summary['best_epoch']}",
+        f"{'final' if config.select == 'last' else 'best'} epoch {summary['best_epoch']}",
         "training inputs": (
             f"lung-masked {config.image_size}px frames stored as JPEG (quality {info.get('jpeg_quality')}) in a pack"
             if info.get("kind") == "pack"
@@ -929,7 +956,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = train(config, splits["train"], splits["val"], resume=resume)
 
     run_dir, out = config.resolved_run_dir(), config.resolved_out()
-    best = PatchClassifierForImageClassification.from_pretrained(run_dir / "best")
+    best = PatchClassifierForImageClassification.from_pretrained(
+        run_dir / ("last" if config.select == "last" else "best")
+    )
     device = torch.device(summary["device"])
     best = best.to(device)
     test = evaluate_test(best, splits["test"], config) if config.test_eval and len(splits["test"]) else None
@@ -969,7 +998,7 @@ def main(argv: list[str] | None = None) -> int:
     for folder in (run_dir, out):
         (folder / "training_config.json").write_text(json.dumps(final, indent=2, default=str) + "\n")
     size_mb = sum(p.stat().st_size for p in out.glob("*.safetensors")) / 2**20
-    tqdm.write(f"exported {out} (best epoch {summary['best_epoch']}, weights {size_mb:.1f} MiB)")
+    tqdm.write(f"exported {out} (epoch {summary['best_epoch']}, chosen by {config.select}, weights {size_mb:.1f} MiB)")
     if size_mb > MAX_EXPORT_MB:
         tqdm.write(f"warning: the weights exceed {MAX_EXPORT_MB} MiB")
     return 0
