@@ -60,6 +60,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: one folder per training experiment that was measured but not shipped (README.md and its JSON)
+EXPERIMENTS = "docs/results/experiments"
 #: What a step can depend on → the :data:`cxr_hub.presets.SHIPPED` key of that model.
 DEPENDENCIES: dict[str, str] = {
     "segmentation": "segmentation",  # the pipeline's default segmentation: every mask
@@ -674,6 +676,14 @@ def not_remeasured() -> dict[str, str]:
             "gone, int8_label4 measures its successor"
         ),
         "cxr_hub/data/paper_tables.json": "the paper's numbers, transcribed from its tables: nothing of ours",
+        # records of training experiments whose weights were not shipped: they describe those runs, not a shipped model
+        **{
+            path.relative_to(REPO_ROOT).as_posix(): (
+                "an experiment's record (its weights are not shipped); re-run the experiment as its README says"
+            )
+            for path in sorted((REPO_ROOT / EXPERIMENTS).glob("*/*"))
+            if path.is_file()
+        },
     }
 
 
