@@ -28,6 +28,7 @@ __all__ = [
     "example_label",
     "example_rows",
     "input_error_message",
+    "limits_text",
     "model_cards",
     "models_status",
     "request_timings",
