@@ -25,7 +25,7 @@ def _flag(name: str, boolean: bool = False) -> str:
 
 
 def _add_option(parser: argparse.ArgumentParser, name: str, f: dataclasses.Field[Any], help: str | None = None) -> None:
-    flag = "--" + name.replace("_", "-")
+    flag = _flag(name)
     if _is_bool(f):
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
     else:

@@ -702,15 +702,16 @@ def train(
         tqdm.write(json.dumps(record))
         state["epoch"] = epoch
         state["last_val"] = val
-        # macro F1 first, then the lower validation loss; or the loss alone; "last" keeps no best/ (main reads last/)
-        key = [f1, -val_out["loss"]] if config.select == "macro_f1" else [-val_out["loss"]]
-        if config.select == "last":
-            state.update(best_epoch=epoch, stale=0, best_val=val)
-        elif state["best"] is None or key > state["best"]:
-            state.update(best=key, best_epoch=epoch, stale=0, best_val=val)
-            model.save_pretrained(run_dir / "best")
+        if config.select == "last":  # no best/ (main reads last/), no early stopping; chosen after the loop
+            state["stale"] = 0
         else:
-            state["stale"] += 1
+            # macro F1 first, then the lower validation loss; or the loss alone
+            key = [f1, -val_out["loss"]] if config.select == "macro_f1" else [-val_out["loss"]]
+            if state["best"] is None or key > state["best"]:
+                state.update(best=key, best_epoch=epoch, stale=0, best_val=val)
+                model.save_pretrained(run_dir / "best")
+            else:
+                state["stale"] += 1
         model.save_pretrained(last_dir)
         save_training_state(last_dir, optimizer, state)
         if state["stale"] >= config.early_stopping_patience:
