@@ -19,7 +19,8 @@ as every prediction):
 
 The corpus (:func:`build_corpus`): the curated frontal films (``--data``), the lateral films and CT slices of
 ``--negatives`` (each also flipped, cropped and re-exposed), and what it makes or finds installed: rotated (90°,
-180°, 270°), inverted and cropped films; photographs (gradio's and matplotlib's sample images, in gray), drawings,
+180°, 270°), inverted and cropped films (halves, quadrants, windows, and full-width bands that cut both lungs, as
+figures of papers show the upper chest); photographs (gradio's and matplotlib's sample images, in gray), drawings,
 charts, icons, screenshots and text pages (the installed documentation's images, matplotlib, PIL); CT and MR slices
 from pydicom's test files; noise, blank, too small and strip-shaped images. Everything is split **by patient** (films
 and their derived images by the film's patient, other images by their source file) into a training part (4/5) and
@@ -71,6 +72,7 @@ LEARNED_CLASS: dict[str, str | None] = {
     "rotated_270": "rotated",
     "inverted": "inverted",
     "crop": "crop",
+    "crop_band": "crop",
     "photo": "photo",
     "graphic": "graphic",
     "text": "graphic",
@@ -276,6 +278,15 @@ def _film_crop(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     f = rng.uniform(0.3, 0.45)
     y0, x0 = rng.uniform(0.1, 0.9 - f, 2)
     return _crop(a, y0, y0 + f, x0, x0 + f)
+
+
+def _film_band(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A full-width band of a film that cuts both lungs: its upper part (the bases cut off by the lower edge, as in
+    figures of papers that show the upper chest) or its lower part (the apices cut off by the upper edge)."""
+    # cut well inside the lungs: a tightly framed whole film (bases or apices at its edge) is still a whole film
+    if rng.random() < 0.6:
+        return _crop(a, 0.0, float(rng.uniform(0.4, 0.55)), 0.0, 1.0)
+    return _crop(a, float(rng.uniform(0.3, 0.45)), 1.0, 0.0, 1.0)
 
 
 def _photo_sources() -> list[Path]:
@@ -498,6 +509,8 @@ def build_corpus(data: Path, negatives: Path | None) -> list[Item]:
         + [("frontal_variant", 0)] * 170
         + [("small", 0)] * 20
         + [("strip", 0)] * 10
+        # appended last: the films of the kinds above (and their cached measurements) stay what they were
+        + [("crop_band", 0)] * 100
     )
     for r, (kind, k) in zip(films, plan, strict=False):
         path, rid = Path(r.image), f"{kind}/{r.id}"
@@ -511,6 +524,8 @@ def build_corpus(data: Path, negatives: Path | None) -> list[Item]:
                 return a.max() + a.min() - a
             if kind == "crop":
                 return _film_crop(a, rng)
+            if kind == "crop_band":
+                return _film_band(a, rng)
             if kind == "frontal_variant":
                 return _marked_rgb(a) if _hash(rid) % 8 == 0 else _frontal_variant(a, rng)
             if kind == "small":

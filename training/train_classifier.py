@@ -62,7 +62,9 @@ Definitions:
   follows), so patches show tissue rather than the lung outline; ``--hold-out-source S`` (leave-one-source-out)
   removes the normal films of collection S from training and validation and, after training, scores all of them
   (every split) in ``held_out_metrics.json`` and ``training_config.json["held_out"]``; such a run exports into its
-  run directory unless ``--out`` is given.
+  run directory unless ``--out`` is given. ``--source-adversary W`` trains an adversarial source head on the
+  pooled features of ``--source-adversary-class`` patches (normals by default) behind a gradient reversal of weight W
+  (``training/adversary.py``); per epoch the history records the head's loss and training accuracy.
 * **Selection** (``--select``): by default the best epoch has the highest validation macro F1 (over the classes
   present in validation); ties go to the lower validation loss. ``--select loss`` takes the lowest validation loss,
   ``--select last`` the final epoch. Early stopping after ``early_stopping_patience`` epochs without a better epoch
@@ -93,6 +95,7 @@ from cxr_hub import PatchClassifierConfig, PatchClassifierForImageClassification
 from cxr_hub.evaluation.classification_metrics import accuracy_by_group, classification_report
 from cxr_hub.models import LABEL_SETS, MODES, CXRImageProcessor
 from cxr_hub.presets import SHIPPED, repo_relative_folder
+from training import adversary as adversary_lib
 from training.augment import AugmentConfig, photometric
 from training.classifier_data import (
     DEFAULT_SEGMENTATION,
@@ -190,6 +193,12 @@ class ClassifierTrainConfig:
     # within each class, every source (collection) drawn equally often: a class whose films come mostly from one
     # collection no longer teaches that collection's look (only with balanced_sampling)
     source_balanced: bool = False
+    # adversarial source head (training/adversary.py): a head learns the collection of the patches of one class from
+    # the pooled features and a gradient reversal of this weight pushes the backbone against it (0: off); the weight
+    # ramps up linearly over the first source_adversary_ramp epochs
+    source_adversary: float = 0.0
+    source_adversary_class: str = "normal"
+    source_adversary_ramp: int = 5
     early_stopping_patience: int = 20  # epochs without a better validation macro F1 (or loss, with select="loss")
     # which checkpoint is tested and exported: "macro_f1" (the best validation macro F1, ties to the lower loss; the
     # paper's way), "loss" (the lowest validation loss of the vote: smoother when a class has a handful of validation
@@ -289,6 +298,16 @@ def parse_config(argv: list[str] | None = None) -> tuple[ClassifierTrainConfig, 
         raise SystemExit(
             f"--lr-decay-start must be >= 0 and --lr-min-factor in [0, 1], got {config.lr_decay_start} and "
             f"{config.lr_min_factor}"
+        )
+    if config.source_adversary < 0 or config.source_adversary_ramp < 0:
+        raise SystemExit(
+            f"--source-adversary and --source-adversary-ramp must be >= 0, got {config.source_adversary} and "
+            f"{config.source_adversary_ramp}"
+        )
+    if config.source_adversary_class not in LABEL_SETS[config.label_set]:
+        raise SystemExit(
+            f"--source-adversary-class must be a class of --label-set {config.label_set} "
+            f"{list(LABEL_SETS[config.label_set])}, got {config.source_adversary_class!r}"
         )
     if not 0.0 <= config.patch_center_margin <= 0.5:
         raise SystemExit(
@@ -531,6 +550,32 @@ def make_batch(
     return maker.finish(x01), torch.as_tensor(y, dtype=torch.long, device=maker.device)
 
 
+def draw_values(values: np.ndarray, draws: list[tuple[int, np.ndarray | None]]) -> np.ndarray:
+    """Per sample of the batch :func:`make_batch` makes from ``draws``: the value of its image (repeated per patch)."""
+    return np.concatenate([np.full(1 if b is None else len(b), values[i]) for i, b in draws])
+
+
+def build_adversary(
+    config: ClassifierTrainConfig, data: ClassifierData, num_features: int
+) -> tuple[adversary_lib.SourceAdversary, np.ndarray] | None:
+    """The source head of ``--source-adversary`` and each training image's source target (-1: not seen), or None.
+
+    Raises:
+        SystemExit: fewer than two sources among the training images of the head's class.
+    """
+    if config.source_adversary <= 0:
+        return None
+    index = data.class_names.index(config.source_adversary_class)
+    sources = adversary_lib.adversary_sources(data.labels, data.sources, index)
+    if len(sources) < 2:
+        raise SystemExit(
+            f"--source-adversary: the training {config.source_adversary_class} images come from {sources}; the head "
+            "needs two sources or more to tell apart (choose another --source-adversary-class or leave it off)"
+        )
+    head = adversary_lib.SourceAdversary(num_features, sources)
+    return head, adversary_lib.source_targets(data.labels, data.sources, index, sources)
+
+
 def _autocast(device: torch.device, amp: torch.dtype | None) -> Any:
     return torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)
 
@@ -631,10 +676,20 @@ def train(
     torch.manual_seed(config.seed)
     trained = trained_classes(train_data)
     model = build_model(config, trained, load_pretrained=not resume).to(device).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    built = build_adversary(config, train_data, model.num_features)  # after the model: its seeded weights stay
+    adversary, adversary_targets = (built[0].to(device), built[1]) if built else (None, None)
+    params = list(model.parameters()) + (list(adversary.parameters()) if adversary is not None else [])
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": -1, "history": [], "stale": 0}
     last_dir = run_dir / "last"
     if resume:
+        if adversary is None and (last_dir / adversary_lib.ADVERSARY_FILE).is_file():
+            raise SystemExit(
+                f"--resume: {last_dir} was trained with an adversarial source head; resume with its "
+                "--source-adversary (training_config.json has it), or start a new --run-dir"
+            )
+        if adversary is not None:
+            adversary_lib.load_adversary(last_dir, adversary)
         state = restore_training(last_dir, model, optimizer, device)
         chosen_by = state.get("select", "macro_f1")  # runs saved before --select existed chose by macro F1
         if chosen_by != config.select and config.select != "last":
@@ -665,19 +720,34 @@ def train(
             group["lr"] = epoch_lr(config, epoch)
         model.train()
         draws = epoch_draws(train_maker, config, epoch)
-        ce_losses, l1_losses = [], []
+        ce_losses, l1_losses, adv_losses = [], [], []
+        adv_correct = adv_seen = 0
+        adv_weight = adversary_lib.adversary_weight(config.source_adversary, config.source_adversary_ramp, epoch)
         bar = tqdm(range(steps), desc=f"epoch {epoch}/{config.epochs}", unit="step", leave=False)
         for step in bar:
             if fixed is None or not config.overfit_one_batch:
                 aug = np.random.default_rng([config.seed, epoch, 2, step]) if config.augment else None
-                batch = make_batch(train_maker, draws[step * images_per_step : (step + 1) * images_per_step], aug)
+                step_draws = draws[step * images_per_step : (step + 1) * images_per_step]
+                x, y = make_batch(train_maker, step_draws, aug)
+                t = (
+                    torch.as_tensor(draw_values(adversary_targets, step_draws), device=device)
+                    if adversary_targets is not None
+                    else None
+                )
+                batch = (x, y, t)
                 fixed = batch if config.overfit_one_batch else None
-            x, y = fixed if fixed is not None else batch
+            x, y, t = fixed if fixed is not None else batch
             with _autocast(device, amp):
-                logits = model(x).logits
-            ce = F.cross_entropy(logits.float(), y)  # the loss in fp32, outside autocast
+                out = model(x, output_hidden_states=adversary is not None)
+            ce = F.cross_entropy(out.logits.float(), y)  # the loss in fp32, outside autocast
             l1 = config.l1 * sum(p.abs().sum() for p in l1_params) if config.l1 else torch.zeros((), device=device)
             loss = ce + l1
+            if adversary is not None:
+                pooled = out.hidden_states[0].float().mean(dim=(2, 3))  # what the classifier's linear head sees
+                adv, correct, seen = adversary_lib.adversary_loss(adversary, pooled, t, adv_weight)
+                loss = loss + adv  # the head minimises it; the reversal makes the backbone maximise it
+                adv_losses.append(adv.detach().item())
+                adv_correct, adv_seen = adv_correct + correct, adv_seen + seen
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -698,6 +768,10 @@ def train(
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": round(time.time() - epoch_start, 1),
         }
+        if adversary is not None:  # the head's training accuracy: near chance when the features no longer tell
+            record["adversary_weight"] = round(adv_weight, 6)
+            record["adversary_ce"] = round(float(np.mean(adv_losses)), 6)
+            record["adversary_accuracy"] = round(adv_correct / adv_seen, 4) if adv_seen else None
         state["history"].append(record)
         tqdm.write(json.dumps(record))
         state["epoch"] = epoch
@@ -714,6 +788,8 @@ def train(
                 state["stale"] += 1
         model.save_pretrained(last_dir)
         save_training_state(last_dir, optimizer, state)
+        if adversary is not None:
+            adversary_lib.save_adversary(last_dir, adversary)
         if state["stale"] >= config.early_stopping_patience:
             tqdm.write(f"early stopping: no better validation {config.select} for {state['stale']} epochs")
             break
@@ -731,6 +807,7 @@ def train(
         "history": state["history"],
         "trained_classes": trained,
         "untrained_classes": untrained,
+        "adversary_sources": adversary.sources if adversary is not None else None,
         "stopped_early": state["stale"] >= config.early_stopping_patience,
         "steps_per_epoch": steps,
         "device": str(device),
@@ -861,6 +938,13 @@ def training_card_info(
             else f"lung-masked {config.image_size}px frames cached as uint8"
         ),
     }
+    if config.source_adversary > 0:
+        out["source adversary"] = (
+            f"an MLP head learnt the collection of {config.source_adversary_class} patches "
+            f"({', '.join(summary.get('adversary_sources') or [])}) from the pooled layer4 features while a gradient "
+            f"reversal of weight {config.source_adversary:g} (ramped over {config.source_adversary_ramp} epochs) "
+            "pushed the backbone against it (training/adversary.py); the head is not part of this model"
+        )
     if test is not None:
         flag = "--classifier" if config.mode == "patch" else "--global-classifier"
         out["test evaluation"] = (
