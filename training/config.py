@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import inspect
+import io
+import textwrap
+import tokenize
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -30,6 +35,53 @@ def _add_option(parser: argparse.ArgumentParser, name: str, f: dataclasses.Field
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
     else:
         parser.add_argument(flag, type=_CLI_TYPES.get(str(f.type), str), default=None, help=help)
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """The comments that document each field of a dataclass, as ``--help`` texts.
+
+    A field's text is the block of comment lines right above it plus the comment at the end of its own line, in
+    source order, without the ``#``: the comments are where the configs document their fields, so ``--help`` says
+    what the source says, written once.
+
+    Args:
+        cls: a dataclass whose source is available (``inspect.getsource``).
+
+    Returns:
+        field name -> text, for the fields that have a comment (others are absent).
+    """
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):  # no source (a frozen app, an interactive definition): options without texts
+        return {}
+    lines = source.splitlines()
+    comments: dict[int, str] = {}  # 1-based line -> comment text
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = token.string.lstrip("#").strip()
+    body = ast.parse(source).body[0]
+    out: dict[str, str] = {}
+    for node in getattr(body, "body", []):
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        above = []
+        line = node.lineno - 1
+        while line >= 1 and lines[line - 1].lstrip().startswith("#"):
+            above.insert(0, comments.get(line, ""))
+            line -= 1
+        own = [comments[n] for n in range(node.lineno, (node.end_lineno or node.lineno) + 1) if n in comments]
+        text = " ".join(part for part in above + own if part)
+        if text:
+            out[node.target.id] = text
+    return out
+
+
+def _help_with_default(text: str | None, f: dataclasses.Field[Any]) -> str | None:
+    """``text`` and the field's default (argparse's own default is None: it tells a given option from an absent one)."""
+    if f.default is dataclasses.MISSING or (text and "default" in text):  # a text that states its own default
+        return text
+    default = f"default: {f.default}"
+    return f"{text} ({default})" if text else default
 
 
 def current_names(
@@ -81,7 +133,8 @@ def parse_dataclass_config(
 ) -> tuple[T, bool]:
     """Builds ``cls`` from its defaults, then ``--config FILE.yaml``, then ``--field-name VALUE`` options.
 
-    Every dataclass field except ``notes`` becomes an option (booleans get ``--x/--no-x``).
+    Every dataclass field except ``notes`` becomes an option (booleans get ``--x/--no-x``); its ``--help`` text is
+    the field's source comment (:func:`field_help`) and its default.
 
     Args:
         cls: the config dataclass.
@@ -108,8 +161,9 @@ def parse_dataclass_config(
     def spell(name: str) -> str:  # an option as typed on the command line: --task, --[no-]lung-mask
         return _flag(name, _is_bool(fields[renamed.get(name, name)]))
 
+    helps = field_help(cls)
     for f in fields.values():
-        _add_option(parser, f.name, f)
+        _add_option(parser, f.name, f, help=_help_with_default(helps.get(f.name), f))
     for old, new in renamed.items():
         _add_option(parser, old, fields[new], help=f"deprecated: use {spell(new)}")
     args = parser.parse_args(argv)

@@ -855,6 +855,9 @@ def run_steps(chosen: Sequence[Step], log_dir: Path, *, python: str = sys.execut
     """
     log_dir.mkdir(parents=True, exist_ok=True)
     env = _step_environment()
+    # the code of the tree being measured, also for scripts (benchmarks/x.py), whose sys.path[0] is their folder and
+    # would otherwise import cxr_hub from wherever the package is installed (another checkout, say: training.stage)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
     begin = time.monotonic()
     for i, step in enumerate(chosen, 1):
         log = log_dir / f"{step.name}.log"

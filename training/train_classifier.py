@@ -152,14 +152,14 @@ class ClassifierTrainConfig:
     split_file: str | None = None  # patient-level split JSON (default: training/splits/splits_seed0.json)
     pack: str | None = None  # read a pack (training/pack_classifier_data.py) instead of the shared data
     segmentation: str = DEFAULT_SEGMENTATION  # lung masks come from this model (cached once)
-    cache_dir: str = "data_cache"
+    cache_dir: str = "data_cache"  # where the masked frames are cached (training/classifier_data.py)
     run_dir: str | None = None  # default: runs/classifier-<label_set>-<mode>
     out: str | None = None  # Hub folder for the best model (default: see DEFAULT_OUT)
-    backbone: str = _model_default("backbone")
+    backbone: str = _model_default("backbone")  # timm architecture name
     pretrained: str = "none"  # "none": from scratch; "imagenet": timm weights (needs internet)
     image_size: int = _model_default("image_size")  # side of the masked frame patches are cut from
-    patch_size: int = _model_default("patch_size")
-    input_size: int = _model_default("input_size")
+    patch_size: int = _model_default("patch_size")  # side of a patch cut from the masked frame, in pixels
+    input_size: int = _model_default("input_size")  # side the network sees (a patch is resized to it)
     num_patches: int = _model_default("num_patches")  # K at test time
     val_patches: int = 25  # K for the per-epoch validation vote (CPU-friendly; the final test uses num_patches)
     patches_per_image: int = 1  # patches cut from each drawn image in a training step
@@ -173,23 +173,23 @@ class ClassifierTrainConfig:
     hold_out_source: str | None = None
     # train on lung-masked frames (the paper); False: whole frames (the Table XVI ablation)
     lung_masked: bool = _model_default("lung_masked")
-    gamma: float | None = _model_default("gamma")
-    do_equalize: bool = _model_default("do_equalize")
-    image_mean: float = _model_default("image_mean")
-    image_std: float = _model_default("image_std")
-    drop_rate: float = _model_default("drop_rate")
-    epochs: int = 100
+    gamma: float | None = _model_default("gamma")  # the paper's gamma correction after equalisation
+    do_equalize: bool = _model_default("do_equalize")  # the paper's histogram equalisation
+    image_mean: float = _model_default("image_mean")  # input normalisation: (x / 255 - mean) / std
+    image_std: float = _model_default("image_std")  # see image_mean
+    drop_rate: float = _model_default("drop_rate")  # dropout before the linear head
+    epochs: int = 100  # at most this many epochs (early stopping may end sooner)
     batch_size: int = 16  # patches (patch mode) or images (global mode) per optimiser step
-    lr: float = 1e-5
+    lr: float = 1e-5  # Adam learning rate (the paper's)
     # "constant" (the paper) or "cosine": from epoch lr_decay_start + 1 the rate follows a half cosine down to
     # lr_min_factor x lr at the last epoch. A function of the epoch number only, so a resumed run gets the rates an
     # uninterrupted one would have had, and a constant-rate run can be continued with a decay (--resume).
     lr_schedule: str = "constant"
-    lr_decay_start: int = 0
-    lr_min_factor: float = 0.01
-    weight_decay: float = 1e-4
-    l1: float = 1e-5
-    balanced_sampling: bool = True
+    lr_decay_start: int = 0  # last epoch at the full rate (cosine schedule)
+    lr_min_factor: float = 0.01  # the cosine ends at this share of lr
+    weight_decay: float = 1e-4  # Adam weight decay
+    l1: float = 1e-5  # L1 penalty weight on convolution and linear weights (0: off)
+    balanced_sampling: bool = True  # every class drawn equally often
     # within each class, every source (collection) drawn equally often: a class whose films come mostly from one
     # collection no longer teaches that collection's look (only with balanced_sampling)
     source_balanced: bool = False
@@ -197,28 +197,28 @@ class ClassifierTrainConfig:
     # the pooled features and a gradient reversal of this weight pushes the backbone against it (0: off); the weight
     # ramps up linearly over the first source_adversary_ramp epochs
     source_adversary: float = 0.0
-    source_adversary_class: str = "normal"
-    source_adversary_ramp: int = 5
+    source_adversary_class: str = "normal"  # the class whose patches the source head sees
+    source_adversary_ramp: int = 5  # epochs over which the reversal weight ramps up from 0
     early_stopping_patience: int = 20  # epochs without a better validation macro F1 (or loss, with select="loss")
     # which checkpoint is tested and exported: "macro_f1" (the best validation macro F1, ties to the lower loss; the
     # paper's way), "loss" (the lowest validation loss of the vote: smoother when a class has a handful of validation
     # films) or "last" (the final epoch, e.g. at the end of a cosine decay; no early stopping)
     select: str = "macro_f1"
-    augment: bool = True
+    augment: bool = True  # geometric and photometric patch augmentation
     # share of training patches that also get the scanner augmentation (blur or unsharp masking, noise, JPEG
     # re-encoding, downsample-upsample: what the histogram equalisation leaves of another scanner; scanner_augment)
     scanner_augment: float = 0.0
     amp: str = "auto"  # "auto" (bf16 autocast where native), "bf16", "fp16" (CUDA), "none"
-    seed: int = 0
+    seed: int = 0  # seed of weights, sampling and augmentation
     eval_seed: int = 0  # seed of the validation / test patch sampler (the pipeline's seed)
     eval_chunk: int = 256  # patches per forward pass at evaluation
     n_boot: int = 1000  # bootstrap resamples for the test CIs
     test_eval: bool = True  # score the best model on the test split and put the numbers in the card
     max_minutes: float | None = None  # wall-clock budget: stop after the epoch that would overrun it
-    max_steps_per_epoch: int | None = None
+    max_steps_per_epoch: int | None = None  # cap on optimiser steps per epoch (smoke runs)
     limit: int | None = None  # at most this many images per split (smoke runs)
     overfit_one_batch: bool = False  # sanity check: every step reuses the first batch (no new draws)
-    num_threads: int | None = None
+    num_threads: int | None = None  # torch CPU threads (default: torch's choice)
     device: str | None = None  # default: cuda when available, else cpu
     fp16_storage: bool = True  # store the exported weights in fp16 (they load as float32)
     notes: list[str] = field(default_factory=list)

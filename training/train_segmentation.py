@@ -71,16 +71,16 @@ class SegTrainConfig:
 
     data: str | None = None  # data folder (else env CXR_DATA, else ../shared/data/cxr)
     split_file: str | None = None  # patient-level split JSON (default: training/splits/splits_seed0.json)
-    arch: str = "fcdensenet103"
-    run_dir: str = "runs/segmentation"
+    arch: str = "fcdensenet103"  # "fcdensenet103", "fcdensenet67", "fcdensenet56" or "unet"
+    run_dir: str = "runs/segmentation"  # checkpoints (best/, last/) and logs
     out: str | None = None  # Hub folder for the final model (default: models/cxr-lung-seg-<arch>)
-    image_size: int = 256
+    image_size: int = 256  # side of the network input (the paper: 256)
     preprocess: bool = True  # the paper's histogram equalisation + gamma 0.5
-    epochs: int = 100
-    batch_size: int = 2
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    plateau_factor: float = 0.1
+    epochs: int = 100  # at most this many epochs (early stopping may end sooner)
+    batch_size: int = 2  # images per optimiser step
+    lr: float = 1e-4  # Adam learning rate
+    weight_decay: float = 0.0  # Adam weight decay
+    plateau_factor: float = 0.1  # lr multiplier when the training loss plateaus
     plateau_patience: int = 3  # epochs without training-loss improvement before lr x plateau_factor
     early_stopping_patience: int = 10  # epochs without validation-Jaccard improvement before stopping
     class_weights: str = "median_frequency"  # "median_frequency", "none" or comma-separated weights
@@ -91,23 +91,23 @@ class SegTrainConfig:
     # lung-box coordinates, dilated by heart_atlas_margin of the box (training.losses.heart_atlas); a negative margin
     # allows the heart anywhere (the first recipe)
     heart_atlas_margin: float = 0.03
-    heart_atlas_min_share: float = 0.02
+    heart_atlas_min_share: float = 0.02  # see heart_atlas_margin
     # size constraint: weight x mean max(0, heart share of a polygon's lung - limit)
     # (training.losses.heart_share_penalty); weight 0 turns it off. The limit: on JSRT the heart covers 4 +/- 3 % of
     # the lungs' convex hulls (a stand-in for the polygons' lung); AP films magnify the heart
     heart_share_limit: float = 0.10
-    heart_share_weight: float = 1.0
+    heart_share_weight: float = 1.0  # see heart_share_limit
     init_from: str | None = None  # warm start: a saved folder of the same architecture
     base_channels: int = 64  # U-Net only: channels of the first level
     export_only: bool = False  # re-export run_dir/best with run_dir/training_config.json's summary, no training
     amp: str = "auto"  # "auto" (bf16 autocast where supported), "bf16", "fp16" (CUDA), "none"
-    seed: int = 0
+    seed: int = 0  # seed of weights, sampling and augmentation
     max_minutes: float | None = None  # wall-clock budget: stop after the epoch that would overrun it
-    max_steps_per_epoch: int | None = None
-    num_threads: int | None = None
+    max_steps_per_epoch: int | None = None  # cap on optimiser steps per epoch (smoke runs)
+    num_threads: int | None = None  # torch CPU threads (default: torch's choice)
     device: str | None = None  # default: cuda when available, else cpu
     fp16_storage: bool = True  # store the exported weights in fp16 (they load as float32)
-    cache_dir: str = "data_cache"
+    cache_dir: str = "data_cache"  # where the preprocessed training images are cached
     notes: list[str] = field(default_factory=list)
 
 

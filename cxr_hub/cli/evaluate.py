@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..evaluation.classification import ALL_ROWS, DEFAULT_SEGMENTATION, DEFAULT_SPLIT, TASKS, evaluate_classification
+from ..evaluation.classification import ALL_ROWS, DEFAULT_SPLIT, TASKS, evaluate_classification
 from ..evaluation.classification_metrics import MACRO_METRICS
 from ..presets import SHIPPED
 from .options import sampling_mode
@@ -86,7 +86,9 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--manifest", required=True, help="manifest.csv (or its folder); image paths relative to it")
     p.add_argument("--task", required=True, choices=TASKS, help="which label column is the truth")
-    p.add_argument("--segmentation", help=f"segmentation model folder (default: {DEFAULT_SEGMENTATION})")
+    p.add_argument(
+        "--segmentation", help=f"segmentation model folder (default: models/{SHIPPED['segmentation'].folder})"
+    )
     p.add_argument(
         "--classifier",
         help=f"patch classifier folder (default: models/{SHIPPED['label4/patch'].folder} for label4, "
