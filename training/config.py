@@ -78,9 +78,11 @@ def field_help(cls: type) -> dict[str, str]:
 
 def _help_with_default(text: str | None, f: dataclasses.Field[Any]) -> str | None:
     """``text`` and the field's default (argparse's own default is None: it tells a given option from an absent one)."""
+    if text:
+        text = text.replace("%", "%%")  # argparse formats help texts with %: a "3 %" in a comment is no placeholder
     if f.default is dataclasses.MISSING or (text and "default" in text):  # a text that states its own default
         return text
-    default = f"default: {f.default}"
+    default = f"default: {f.default}".replace("%", "%%")
     return f"{text} ({default})" if text else default
 
 
