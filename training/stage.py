@@ -28,6 +28,7 @@ change): rebase the worktree, re-run what depends on it, ``save`` again.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import re
@@ -138,14 +139,7 @@ def read_stage(name: str, repo: Path = REPO_ROOT) -> Stage:
         known = sorted(p.name for p in (repo / STAGING).glob("*") if (p / "stage.json").is_file())
         raise StageError(f"no stage {name!r} in {repo / STAGING} (stages there: {known or 'none'}).")
     data = json.loads(record.read_text())
-    stage = Stage(
-        name=data["name"],
-        base=data["base"],
-        files=dict(data["files"]),
-        deleted=tuple(data["deleted"]),
-        note=data.get("note", ""),
-        saved=data["saved"],
-    )
+    stage = Stage(**{**data, "deleted": tuple(data["deleted"])})
     for path, digest in stage.files.items():
         copy = folder / "tree" / path
         if not copy.is_file() or _sha256(copy) != digest:
@@ -213,9 +207,7 @@ def save_stage(name: str, worktree: Path, note: str, repo: Path = REPO_ROOT) -> 
         note=note.strip(),
         saved=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    record = {k: getattr(stage, k) for k in ("name", "base", "files", "deleted", "note", "saved")}
-    record["deleted"] = list(stage.deleted)
-    (tmp / "stage.json").write_text(json.dumps(record, indent=1) + "\n")
+    (tmp / "stage.json").write_text(json.dumps(dataclasses.asdict(stage), indent=1) + "\n")
     (tmp / "README.md").write_text(_readme(stage))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)  # the old save is replaced only once the new one is complete
@@ -226,9 +218,18 @@ def conflicts(stage: Stage, target: Path) -> list[str]:
     """Staged paths that ``target``'s HEAD changed after the stage's base commit (applying would undo those changes).
 
     Raises:
-        StageError: the base commit is not in ``target``'s history.
+        StageError: the base commit is not in ``target``'s history, or git could not tell (not a checkout).
     """
-    if subprocess.run(["git", "merge-base", "--is-ancestor", stage.base, "HEAD"], cwd=target, check=False).returncode:
+    check = subprocess.run(
+        ["git", "merge-base", "--is-ancestor", stage.base, "HEAD"],
+        cwd=target,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if check.returncode not in (0, 1):  # 1 means "not an ancestor"; anything else, that git could not answer
+        raise StageError(f"git merge-base failed in {target}: {check.stderr.strip()}")
+    if check.returncode == 1:
         raise StageError(
             f"the stage's base commit {stage.base[:12]} is not an ancestor of HEAD in {target}: apply it to a "
             "checkout that contains that commit."
