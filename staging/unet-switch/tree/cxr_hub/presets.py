@@ -2,8 +2,8 @@
 
 Every command, the app, evaluation and training read the default models from :data:`SHIPPED`; no model path is
 written anywhere else. The pipeline's default segmentation network is ``SHIPPED["segmentation"]``: switching it to
-another trained network (``SHIPPED["segmentation/fcdensenet103"]``, say) is a one-line change here, followed by re-measuring
-everything that depends on the masks.
+another trained network (``SHIPPED["segmentation/fcdensenet103"]``, say) is a one-line change here, followed by
+re-measuring everything that depends on the masks.
 """
 
 from __future__ import annotations
