@@ -803,6 +803,7 @@ def train(
             break
     if config.select == "last":  # also when a finished run is re-exported: the final epoch is the chosen one
         state.update(best_epoch=state["epoch"], best_val=state.get("last_val"))
+    minutes_this_run = (time.time() - start_time) / 60
     return {
         "epochs_run": state["epoch"],
         "best_epoch": state["best_epoch"],
@@ -816,8 +817,8 @@ def train(
         "steps_per_epoch": steps,
         "device": str(device),
         "autocast": str(amp).replace("torch.", "") if amp else "none",
-        "minutes": round(minutes_before + (time.time() - start_time) / 60, 2),  # every run of this training
-        "minutes_this_run": round((time.time() - start_time) / 60, 2),
+        "minutes": round(minutes_before + minutes_this_run, 2),  # every run of this training
+        "minutes_this_run": round(minutes_this_run, 2),
     }
 
 
